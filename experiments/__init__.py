@@ -1,0 +1,1 @@
+"""Experiment binaries of nash_jax (run with ``python -m experiments.NAME``)."""

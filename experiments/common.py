@@ -1,0 +1,88 @@
+"""Flags shared by the tabular experiment binaries, and their error handling."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+import jax
+
+from nash_jax import algorithms
+from nash_jax.algorithms import ConfigError
+from nash_jax.experiment import DTYPES, GAMES, ExperimentConfig
+from nash_jax.games import REF_POLICIES, GameFileError
+
+_D = ExperimentConfig()
+
+
+def define_flags(output_dir: str, num_steps: int, eval_every: int,
+                 num_actions: int, num_seeds: int) -> None:
+  """Defines the flags of :class:`ExperimentConfig` (except ``algorithm``)."""
+  flags.DEFINE_string('game', _D.game, f'Game family: {", ".join(GAMES)}.')
+  flags.DEFINE_string('game_file', None, 'With --game=file: a .npy of '
+                      'preferences ([n, n] or [X, n, n]) or an .npz with '
+                      '"preferences" and optional "ref_policy", '
+                      '"context_weights".')
+  flags.DEFINE_integer('game_seed', None, 'Draw one game from this seed for '
+                       'all seeds (default: each seed draws its own game).')
+  flags.DEFINE_integer('num_actions', num_actions, 'Responses per context, n.')
+  flags.DEFINE_integer('num_contexts', _D.num_contexts, 'Contexts, X.')
+  flags.DEFINE_string('ref_policy', _D.ref_policy, 'Reference policy of '
+                      f'generated games: {", ".join(REF_POLICIES)} '
+                      '(Dirichlet(1)).')
+  flags.DEFINE_float('beta', _D.beta, 'KL regularization towards pi_ref, >= 0'
+                     ' (0: the unregularized game, metrics against a von '
+                     'Neumann winner).')
+  flags.DEFINE_float('eta', None, 'Step size (policy-space methods) or prox '
+                     'strength (proximal_point, nash_mp); default per '
+                     'algorithm.')
+  flags.DEFINE_float('learning_rate', None, 'optax learning rate of '
+                     'self_play_pg and online_ipo; default per algorithm.')
+  flags.DEFINE_string('optimizer', _D.optimizer, 'optax optimizer of '
+                      'self_play_pg and online_ipo: sgd, adam.')
+  flags.DEFINE_integer('inner_steps', _D.inner_steps, 'proximal_point: inner '
+                       'self-play steps per outer step; 0 solves each inner '
+                       'game to --inner_tolerance.')
+  flags.DEFINE_float('inner_tolerance', _D.inner_tolerance, 'proximal_point: '
+                     'span residual of a solved inner game.')
+  flags.DEFINE_integer('max_inner_steps', _D.max_inner_steps,
+                       'proximal_point: cap on inner steps per outer step.')
+  flags.DEFINE_float('inner_eta', None, 'proximal_point: inner mirror-descent '
+                     'step; default from the prox game strength.')
+  flags.DEFINE_string('init', _D.init, 'Initial policy: ref (pi_ref) or '
+                      'random (pi_ref times exp of Gaussian logits, per seed).')
+  flags.DEFINE_float('init_scale', _D.init_scale, 'Std of the random initial '
+                     'logits with --init=random.')
+  flags.DEFINE_integer('num_steps', num_steps, 'Steps (outer steps for '
+                       'proximal_point) per seed.')
+  flags.DEFINE_integer('eval_every', eval_every, 'Steps between evaluations.')
+  flags.DEFINE_integer('num_seeds', num_seeds, 'Seeds run in one vmapped '
+                       'call: --seed, --seed+1, ...')
+  flags.DEFINE_integer('seed', _D.seed, 'First seed.')
+  flags.DEFINE_string('dtype', _D.dtype, f'Floating point type: '
+                      f'{", ".join(DTYPES)}.')
+  flags.DEFINE_string('output_dir', output_dir, 'Where results are written.')
+
+
+def config_from_flags(**overrides) -> ExperimentConfig:
+  """An :class:`ExperimentConfig` from the parsed flags."""
+  values = {name: flags.FLAGS[name].value
+            for name in ExperimentConfig.__dataclass_fields__
+            if name in flags.FLAGS}
+  values.update(overrides)
+  return ExperimentConfig(**values)
+
+
+def enable_precision(dtype: str) -> None:
+  """float64 needs JAX's x64 mode, switched on before any array exists."""
+  jax.config.update('jax_enable_x64', dtype == 'float64')
+
+
+def fail(message: str) -> None:
+  """One line on stderr and exit status 2: the refusal of bad input."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+USER_ERRORS = (ConfigError, GameFileError)
+ALGORITHM_NAMES = algorithms.ALGORITHM_NAMES

@@ -1,0 +1,39 @@
+r"""Runs one NLHF algorithm on a tabular preference game, many seeds at once.
+
+  python -m experiments.matrix_game --algorithm=nash_mp --beta=0.1 \
+      --num_actions=20 --num_seeds=8 --output_dir=results/nash_mp
+
+Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy and
+summary.json into --output_dir (see README.md), prints a progress line per
+evaluation and a final table.
+"""
+
+from absl import app
+from absl import flags
+
+from experiments import common
+from nash_jax import experiment
+
+flags.DEFINE_string('algorithm', 'nash_mp', 'One of: ' +
+                    ', '.join(common.ALGORITHM_NAMES) + '.')
+common.define_flags(output_dir='results/matrix_game', num_steps=1000,
+                    eval_every=10, num_actions=20, num_seeds=1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
+  common.enable_precision(config.dtype)
+  try:
+    config, file_game = experiment.validate(config)
+  except common.USER_ERRORS as e:
+    common.fail(str(e))
+  results = experiment.run(config, file_game)
+  experiment.write_results(results)
+  print(experiment.format_table(results))
+  print(f'wrote {config.output_dir} ({results.wall_time:.1f}s)')
+
+
+if __name__ == '__main__':
+  app.run(main)

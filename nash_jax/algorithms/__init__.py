@@ -1,0 +1,203 @@
+"""Registry of NLHF algorithms: construction, defaults and validation.
+
+``make_algorithm(name, config)`` builds an :class:`Algorithm`;
+``resolve_config`` fills in each algorithm's default step sizes and
+``validate_config`` refuses settings that make an update invalid, with a
+:class:`ConfigError` naming the flag. Both run on Python numbers before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from nash_jax.algorithms.base import INITS, OPTIMIZERS, Algorithm
+from nash_jax.algorithms.base import AlgorithmConfig, ConfigError, PolicyState
+from nash_jax.algorithms import policy_space, softmax_pg
+
+
+def _mirror_eta(beta):
+  """Default mirror step: ``eta beta = beta^2 / (beta^2 + 1/4)``.
+
+  Mirror descent on a ``beta``-regularized game contracts when
+  ``eta beta < 2 beta^2 / (beta^2 + w^2)`` (see
+  ``policy_space.default_inner_eta``); this is the middle of that range.
+  """
+  return beta / (beta ** 2 + 0.25) if beta > 0 else 0.1
+
+
+def _nash_md_eta(beta):
+  """Default Nash-MD step: the mirror step with ``eta beta`` capped at 0.005.
+
+  With a constant step Nash-MD converges to a point ``O(eta beta)`` away from
+  ``pi*_beta`` (its fixed point is the equilibrium for ``beta / (1 - eta
+  beta)``, plus one step). We measured a KL floor of about ``0.02 (eta
+  beta)^2`` at ``beta = 0.1`` and ``0.09 (eta beta)^2`` at ``beta = 0.01`` on
+  random games with n = 20; the cap keeps it below 1e-6 there.
+  """
+  return min(_mirror_eta(beta), 0.005 / beta) if beta > 0 else 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+  """What the registry knows of an algorithm.
+
+  Attributes:
+    make: config -> Algorithm.
+    default_eta: beta -> default eta (None: the algorithm has no eta).
+    max_eta_beta: largest valid ``eta * beta`` (None: no such limit).
+    needs_positive_beta: refuses ``beta = 0``.
+    parameter_space: uses ``learning_rate`` and ``optimizer``.
+    queries_per_step: documentation of the query accounting.
+  """
+
+  make: Callable[[AlgorithmConfig], Algorithm]
+  default_eta: Callable[[float], float] | None
+  max_eta_beta: float | None
+  needs_positive_beta: bool
+  parameter_space: bool
+  queries_per_step: str
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    'omd': AlgorithmSpec(policy_space.make_omd, _mirror_eta, 1.0, False, False,
+                         '1'),
+    'mmd': AlgorithmSpec(policy_space.make_mmd, _mirror_eta, None, False,
+                         False, '1'),
+    'omwu': AlgorithmSpec(policy_space.make_omwu, lambda b: min(1.0, 1 / b)
+                          if b > 0 else 1.0, 1.0, False, False, '1'),
+    'extragradient': AlgorithmSpec(
+        policy_space.make_extragradient,
+        lambda b: min(1.0, 1 / b) if b > 0 else 1.0, 1.0, False, False, '2'),
+    'nash_md': AlgorithmSpec(policy_space.make_nash_md, _nash_md_eta, 1.0,
+                             False, False, '1'),
+    'sppo': AlgorithmSpec(policy_space.make_sppo, lambda b: 1.0, None, False,
+                          False, '1'),
+    'proximal_point': AlgorithmSpec(
+        policy_space.make_proximal_point, lambda b: 1.0, None, True, False,
+        'inner steps (+1 at the anchor when solving to a tolerance)'),
+    'nash_mp': AlgorithmSpec(policy_space.make_nash_mp, lambda b: 2 * b, None,
+                             True, False, '2'),
+    'self_play_pg': AlgorithmSpec(softmax_pg.make_self_play_pg, None, None,
+                                  False, True, '1'),
+    'online_ipo': AlgorithmSpec(softmax_pg.make_online_ipo, None, None, True,
+                                True, '1'),
+}
+
+ALGORITHM_NAMES = tuple(ALGORITHMS)
+
+
+def _spec(name) -> AlgorithmSpec:
+  if name not in ALGORITHMS:
+    raise ConfigError('algorithm', f'unknown algorithm {name!r}; expected one '
+                      f'of {", ".join(ALGORITHMS)}')
+  return ALGORITHMS[name]
+
+
+def default_learning_rate(name, beta, optimizer, num_contexts):
+  """Default optax learning rate of a parameter-space method.
+
+  ``sgd``: ``num_contexts / (beta + 1/4)``. Vanilla softmax policy gradient
+  moves context ``x``'s logits by ``lr rho(x) pi(y|x)`` times the natural
+  direction, so the factor ``num_contexts = 1 / rho(x)`` undoes the context
+  weight; ``1 / (beta + 1/4)`` is about the inverse curvature of ``S`` in the
+  logits. It converges on random games at ``beta = 0.1``; at ``beta = 0.01``
+  it is stable but slow, and larger rates diverge on some games (the stability
+  limit of self-play). ``online_ipo``'s gradient is ``4 / beta`` times that of
+  ``self_play_pg``, so its rate is ``beta / 4`` times smaller. ``adam``:
+  0.001 (Adam's last iterate oscillates around the equilibrium at larger
+  rates).
+  """
+  if optimizer == 'adam':
+    return 0.001
+  lr = num_contexts / (beta + 0.25)
+  return lr * beta / 4 if name == 'online_ipo' else lr
+
+
+def resolve_config(name: str, config: AlgorithmConfig,
+                   num_contexts: int = 1) -> AlgorithmConfig:
+  """Fills in the defaults of ``eta``, ``learning_rate`` and ``inner_eta``."""
+  spec = _spec(name)
+  updates = {}
+  if config.eta is None and spec.default_eta is not None:
+    updates['eta'] = float(spec.default_eta(config.beta))
+  if spec.parameter_space and config.learning_rate is None:
+    updates['learning_rate'] = float(default_learning_rate(
+        name, config.beta, config.optimizer, num_contexts))
+  config = config.replace(**updates)
+  if (name == 'proximal_point' and config.inner_eta is None and
+      config.beta > 0 and config.eta > 0):
+    config = config.replace(inner_eta=float(
+        policy_space.default_inner_eta(config.eta, config.beta)))
+  return config
+
+
+def _finite(flag, value):
+  if value is not None and not math.isfinite(value):
+    raise ConfigError(flag, f'must be a finite number, got {value}')
+
+
+def validate_config(name: str, config: AlgorithmConfig) -> None:
+  """Raises :class:`ConfigError` for settings ``name`` cannot run with."""
+  spec = _spec(name)
+  for flag in ('beta', 'eta', 'learning_rate', 'inner_eta', 'inner_tolerance',
+               'init_scale'):
+    _finite(flag, getattr(config, flag))
+  if config.beta < 0:
+    raise ConfigError('beta', f'must be >= 0, got {config.beta}')
+  if spec.needs_positive_beta and config.beta == 0:
+    raise ConfigError('beta', f'{name} needs beta > 0 (its update divides by '
+                      'beta); use omd, mmd, omwu, extragradient, nash_md, '
+                      'sppo or self_play_pg for the unregularized game')
+  if spec.default_eta is not None:
+    if config.eta is None or config.eta <= 0:
+      raise ConfigError('eta', f'must be > 0, got {config.eta}')
+    if spec.max_eta_beta is not None and (
+        config.eta * config.beta > spec.max_eta_beta):
+      raise ConfigError(
+          'eta', f'{name} needs eta * beta <= {spec.max_eta_beta:g} (the '
+          f'exponent 1 - eta*beta of pi_t must stay >= 0), got eta={config.eta}'
+          f', beta={config.beta}')
+  if spec.parameter_space:
+    if config.optimizer not in OPTIMIZERS:
+      raise ConfigError('optimizer', f'unknown optimizer {config.optimizer!r};'
+                        f' expected one of {", ".join(OPTIMIZERS)}')
+    if config.learning_rate is None or config.learning_rate <= 0:
+      raise ConfigError('learning_rate',
+                        f'must be > 0, got {config.learning_rate}')
+  if config.init not in INITS:
+    raise ConfigError('init', f'unknown initial policy {config.init!r}; '
+                      f'expected one of {", ".join(INITS)}')
+  if config.init_scale < 0:
+    raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
+  if name == 'proximal_point':
+    if config.inner_steps < 0:
+      raise ConfigError('inner_steps', f'must be >= 0 (0 solves to '
+                        f'--inner_tolerance), got {config.inner_steps}')
+    if config.inner_tolerance <= 0:
+      raise ConfigError('inner_tolerance',
+                        f'must be > 0, got {config.inner_tolerance}')
+    if config.max_inner_steps < 1:
+      raise ConfigError('max_inner_steps',
+                        f'must be >= 1, got {config.max_inner_steps}')
+    if config.inner_eta is None or config.inner_eta <= 0:
+      raise ConfigError('inner_eta', f'must be > 0, got {config.inner_eta}')
+    beta_prox = config.beta * (1 + 1 / config.eta)
+    if config.inner_eta * beta_prox > 1:
+      raise ConfigError(
+          'inner_eta', f'needs inner_eta * beta (1 + 1/eta) <= 1 for the inner '
+          f'mirror step, got {config.inner_eta * beta_prox:.4g}')
+
+
+def make_algorithm(name: str, config: AlgorithmConfig) -> Algorithm:
+  """Builds algorithm ``name`` from a resolved, validated config."""
+  return _spec(name).make(config)
+
+
+__all__ = [
+    'ALGORITHMS', 'ALGORITHM_NAMES', 'Algorithm', 'AlgorithmConfig',
+    'AlgorithmSpec', 'ConfigError', 'PolicyState', 'make_algorithm',
+    'resolve_config', 'validate_config', 'default_learning_rate',
+]

@@ -1,0 +1,288 @@
+"""One tabular experiment: settings in, result files out.
+
+The library side of ``experiments/matrix_game.py`` (the binary only parses
+flags): :func:`validate` checks every setting (and reads the game file) before
+any work, :func:`run` draws the games, solves the exact references, trains
+all seeds in one compiled call per evaluation chunk, and :func:`write_results`
+writes the documented layout into ``output_dir`` atomically (each file goes to
+a temporary name first, ``summary.json`` last).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nash_jax import algorithms as algorithms_lib
+from nash_jax import metrics as metrics_lib
+from nash_jax import reference
+from nash_jax import train as train_lib
+from nash_jax.algorithms import AlgorithmConfig, ConfigError
+from nash_jax.games import GENERATORS, REF_POLICIES, Game, GameFileError
+from nash_jax.games import generate_game, load_game, stack_games
+
+GAMES = tuple(GENERATORS) + ('file',)
+DTYPES = ('float64', 'float32')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Every setting of a tabular run; field names are the binary's flags."""
+
+  algorithm: str = 'nash_mp'
+  game: str = 'random'
+  game_file: str | None = None
+  game_seed: int | None = None
+  num_actions: int = 20
+  num_contexts: int = 1
+  ref_policy: str = 'uniform'
+  beta: float = 0.1
+  eta: float | None = None
+  learning_rate: float | None = None
+  optimizer: str = 'sgd'
+  inner_steps: int = 0
+  inner_tolerance: float = 1e-8
+  max_inner_steps: int = 100_000
+  inner_eta: float | None = None
+  init: str = 'ref'
+  init_scale: float = 1.0
+  num_steps: int = 1000
+  eval_every: int = 10
+  num_seeds: int = 1
+  seed: int = 0
+  dtype: str = 'float64'
+  output_dir: str = 'results/matrix_game'
+
+  def replace(self, **kwargs) -> 'ExperimentConfig':
+    return dataclasses.replace(self, **kwargs)
+
+  def algorithm_config(self) -> AlgorithmConfig:
+    fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    return AlgorithmConfig(**{k: v for k, v in dataclasses.asdict(self).items()
+                              if k in fields})
+
+
+def _positive_int(config, flag, minimum):
+  value = getattr(config, flag)
+  if value < minimum:
+    raise ConfigError(flag, f'must be >= {minimum}, got {value}')
+
+
+def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
+  """Checks every setting; returns the resolved config and the file's game.
+
+  Raises:
+    ConfigError: a flag that cannot be used, naming it.
+    GameFileError: a game file that cannot be used, naming it.
+  """
+  if config.algorithm not in algorithms_lib.ALGORITHMS:
+    raise ConfigError('algorithm', f'unknown algorithm {config.algorithm!r}; '
+                      f'expected one of {", ".join(algorithms_lib.ALGORITHMS)}')
+  if config.game not in GAMES:
+    raise ConfigError('game', f'unknown game {config.game!r}; expected one of '
+                      f'{", ".join(GAMES)}')
+  if config.dtype not in DTYPES:
+    raise ConfigError('dtype', f'must be one of {", ".join(DTYPES)}, got '
+                      f'{config.dtype!r}')
+  if config.ref_policy not in REF_POLICIES:
+    raise ConfigError('ref_policy', f'must be one of {", ".join(REF_POLICIES)}'
+                      f', got {config.ref_policy!r}')
+  for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
+                        ('num_contexts', 1), ('num_actions', 2)):
+    _positive_int(config, flag, minimum)
+  if config.seed < 0:
+    raise ConfigError('seed', f'must be >= 0, got {config.seed}')
+  if config.game_seed is not None and config.game_seed < 0:
+    raise ConfigError('game_seed', f'must be >= 0, got {config.game_seed}')
+  if not config.output_dir:
+    raise ConfigError('output_dir', 'must not be empty')
+  if os.path.exists(config.output_dir) and not os.path.isdir(
+      config.output_dir):
+    raise ConfigError('output_dir', f'{config.output_dir} exists and is not '
+                      'a directory')
+  file_game = None
+  if config.game == 'file':
+    if not config.game_file:
+      raise ConfigError('game_file', 'is required with --game=file')
+    file_game = load_game(config.game_file, dtype=np.float64)
+    config = config.replace(num_contexts=file_game.num_contexts,
+                            num_actions=file_game.num_actions)
+  elif config.game_file:
+    raise ConfigError('game_file', f'is only used with --game=file (got '
+                      f'--game={config.game})')
+  alg_config = algorithms_lib.resolve_config(
+      config.algorithm, config.algorithm_config(), config.num_contexts)
+  algorithms_lib.validate_config(config.algorithm, alg_config)
+  config = config.replace(**{
+      k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta')})
+  return config, file_game
+
+
+def seed_keys(config: ExperimentConfig):
+  """Per-seed ``(game_key, run_key)``: seed ``s`` uses ``PRNGKey(s)`` split."""
+  seeds = np.arange(config.seed, config.seed + config.num_seeds)
+  keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds)
+  return keys[:, 0], keys[:, 1]
+
+
+def shares_game(config: ExperimentConfig) -> bool:
+  """All seeds play one game when it comes from a file or ``--game_seed``."""
+  return config.game == 'file' or config.game_seed is not None
+
+
+def build_games(config: ExperimentConfig, file_game: Game | None):
+  """The game(s): one shared :class:`Game`, or a batch ``[num_seeds, ...]``."""
+  dtype = jnp.dtype(config.dtype)
+  if file_game is not None:
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), file_game)
+  gen = lambda key: generate_game(key, config.game, config.num_contexts,
+                                  config.num_actions, config.ref_policy, dtype)
+  if config.game_seed is not None:
+    return gen(jax.random.PRNGKey(config.game_seed))
+  game_keys, _ = seed_keys(config)
+  return jax.jit(jax.vmap(gen))(game_keys)
+
+
+def equilibria(config: ExperimentConfig, games: Game, shared: bool):
+  """The exact reference per game (float64 on the host): ``pi*_beta``, or a
+  von Neumann winner when ``beta = 0``. Shape ``[X, n]`` or ``[S, X, n]``."""
+  prefs = np.asarray(games.preferences, np.float64)
+  refs = np.asarray(games.ref_policy, np.float64)
+  solve = lambda p, r: reference.equilibrium(p, r, config.beta)
+  if shared:
+    return solve(prefs, refs)
+  return np.stack([solve(p, r) for p, r in zip(prefs, refs)])
+
+
+@dataclasses.dataclass
+class Results:
+  config: ExperimentConfig
+  rows: list          # evaluation rows, dicts of [S] arrays
+  final_policy: np.ndarray   # [S, X, n]
+  equilibrium: np.ndarray    # [S, X, n]
+  wall_time: float
+
+
+def run(config: ExperimentConfig, file_game: Game | None = None,
+        log: Callable[[str], None] = print) -> Results:
+  """Runs a validated, resolved config; see the module docstring."""
+  start = time.time()
+  shared = shares_game(config)
+  games = build_games(config, file_game)
+  equilibrium = equilibria(config, games, shared)
+  dtype = jnp.dtype(config.dtype)
+  with np.errstate(divide='ignore'):
+    log_eq = jnp.asarray(np.log(equilibrium), dtype)
+  algorithm = algorithms_lib.make_algorithm(config.algorithm,
+                                            config.algorithm_config())
+  _, run_keys = seed_keys(config)
+
+  def on_eval(row):
+    log(f'[{config.algorithm}] step {int(row["step"][0]):>7d}  '
+        f'queries {int(np.mean(row["preference_queries"])):>9d}  '
+        f'kl_to_equilibrium {np.mean(row["kl_to_equilibrium"]):.3e}  '
+        f'duality_gap {np.mean(row["duality_gap"]):.3e}  '
+        f'exploitability {np.mean(row["exploitability"]):.3e}  '
+        f'({time.time() - start:.1f}s)')
+
+  state, rows = train_lib.train(
+      algorithm, config.beta, run_keys, games, log_eq,
+      num_steps=config.num_steps, eval_every=config.eval_every,
+      shared_game=shared, on_eval=on_eval)
+  final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
+                                   np.float64))
+  if shared:
+    equilibrium = np.broadcast_to(equilibrium,
+                                  (config.num_seeds,) + equilibrium.shape)
+  return Results(config, rows, final_policy, np.asarray(equilibrium),
+                 time.time() - start)
+
+
+def metric_columns(rows) -> list[str]:
+  """Column order of ``metrics.csv`` after ``seed``."""
+  first = ['step', 'preference_queries'] + list(metrics_lib.METRICS)
+  return first + sorted(k for k in rows[0] if k not in first)
+
+
+def summary(results: Results) -> dict:
+  """Final metrics per seed and their mean over seeds."""
+  last = results.rows[-1]
+  columns = metric_columns(results.rows)
+  seeds = range(results.config.seed,
+                results.config.seed + results.config.num_seeds)
+  per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns}}
+              for i, s in enumerate(seeds)]
+  mean = {c: float(np.mean(last[c])) for c in columns}
+  return {'algorithm': results.config.algorithm, 'final': per_seed,
+          'mean': mean, 'wall_time_s': results.wall_time}
+
+
+def _atomic_write(path, write: Callable):
+  tmp = path + '.tmp'
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def write_results(results: Results, output_dir: str | None = None) -> None:
+  """Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy and
+  summary.json (last) into ``output_dir``."""
+  output_dir = output_dir or results.config.output_dir
+  os.makedirs(output_dir, exist_ok=True)
+  join = lambda name: os.path.join(output_dir, name)
+  # An older summary.json would mark half-rewritten files as a result.
+  if os.path.exists(join('summary.json')):
+    os.remove(join('summary.json'))
+
+  def write_json(obj):
+    def write(tmp):
+      with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write('\n')
+    return write
+
+  _atomic_write(join('config.json'),
+                write_json(dataclasses.asdict(results.config)))
+  columns = metric_columns(results.rows)
+
+  def write_csv(tmp):
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['seed'] + columns)
+      for row in results.rows:
+        for i in range(results.config.num_seeds):
+          values = [np.asarray(row[c][i]).item() for c in columns]
+          writer.writerow([results.config.seed + i] + [
+              repr(v) if isinstance(v, float) else v for v in values])
+
+  _atomic_write(join('metrics.csv'), write_csv)
+  for name, array in (('final_policy.npy', results.final_policy),
+                      ('equilibrium.npy', results.equilibrium)):
+    def write_npy(tmp, array=array):
+      with open(tmp, 'wb') as f:
+        np.save(f, array)
+    _atomic_write(join(name), write_npy)
+  _atomic_write(join('summary.json'), write_json(summary(results)))
+
+
+def format_table(results: Results) -> str:
+  """The final table printed by the binary: one line per seed, then the mean."""
+  s = summary(results)
+  cols = ['preference_queries'] + list(metrics_lib.METRICS)
+  header = f'{"seed":>6} ' + ' '.join(f'{c:>20}' for c in cols)
+  lines = [header]
+  for row in s['final'] + [{'seed': 'mean', **s['mean']}]:
+    cells = []
+    for c in cols:
+      v = row[c]
+      cells.append(f'{v:>20.0f}' if c == 'preference_queries' else
+                   f'{v:>20.4e}')
+    lines.append(f'{row["seed"]!s:>6} ' + ' '.join(cells))
+  return '\n'.join(lines)

@@ -1,0 +1,122 @@
+"""Loading a user's own preference game from a file, with validation.
+
+Accepted formats:
+
+* ``.npy``: preferences only, ``[n, n]`` (one context) or ``[X, n, n]``.
+* ``.npz``: ``preferences`` (as above), optional ``ref_policy`` (``[n]`` or
+  ``[X, n]``) and ``context_weights`` (``[X]``).
+
+Every check raises :class:`GameFileError` with one line naming the file and what
+is wrong, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from nash_jax.games.core import Game, make_game
+
+ANTISYMMETRY_TOLERANCE = 1e-6
+SUM_TOLERANCE = 1e-6
+
+
+class GameFileError(ValueError):
+  """A game file that cannot be used, with a one-line reason."""
+
+
+def _fail(path, message):
+  raise GameFileError(f'game file {path}: {message}')
+
+
+def _check_finite_in_unit(path, name, array):
+  if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+    _fail(path, f'{name} must be real numbers, got dtype {array.dtype}')
+  if not np.all(np.isfinite(array)):
+    _fail(path, f'{name} holds NaN or infinite values')
+  if np.any(array < 0) or np.any(array > 1):
+    _fail(path, f'{name} has values outside [0, 1] '
+          f'(min {array.min():.6g}, max {array.max():.6g})')
+
+
+def validate_preferences(path, preferences: np.ndarray) -> np.ndarray:
+  """Checks shape, range and ``P + P^T = 1``; returns ``[X, n, n]`` float64."""
+  if preferences.ndim not in (2, 3):
+    _fail(path, f'preferences must have shape [n, n] or [X, n, n], got '
+          f'{list(preferences.shape)}')
+  if preferences.shape[-1] != preferences.shape[-2]:
+    _fail(path, f'preferences must be square in the last two axes, got '
+          f'{list(preferences.shape)}')
+  if preferences.shape[-1] < 2:
+    _fail(path, 'preferences need at least 2 responses')
+  if preferences.ndim == 3 and preferences.shape[0] < 1:
+    _fail(path, 'preferences have no contexts')
+  _check_finite_in_unit(path, 'preferences', preferences)
+  preferences = preferences.astype(np.float64)
+  if preferences.ndim == 2:
+    preferences = preferences[None]
+  violation = np.max(np.abs(preferences + np.swapaxes(preferences, -1, -2) - 1))
+  if violation > ANTISYMMETRY_TOLERANCE:
+    _fail(path, f'preferences break P + P^T = 1 by {violation:.3g} '
+          f'(tolerance {ANTISYMMETRY_TOLERANCE:g})')
+  return preferences
+
+
+def _validate_distribution(path, name, array, shape):
+  if not np.issubdtype(array.dtype, np.number) or not np.all(
+      np.isfinite(array)):
+    _fail(path, f'{name} must hold finite numbers')
+  if list(array.shape) != list(shape):
+    _fail(path, f'{name} must have shape {list(shape)}, got '
+          f'{list(array.shape)}')
+  if np.any(array <= 0):
+    _fail(path, f'{name} must be strictly positive')
+  sums = np.sum(array, axis=-1)
+  if np.max(np.abs(sums - 1)) > SUM_TOLERANCE:
+    _fail(path, f'{name} must sum to 1 (off by {np.max(np.abs(sums - 1)):.3g})')
+  return array.astype(np.float64)
+
+
+def load_game(path: str, dtype=None) -> Game:
+  """Reads and validates a game file; see the module docstring for formats."""
+  if not os.path.exists(path):
+    _fail(path, 'does not exist')
+  if os.path.isdir(path):
+    _fail(path, 'is a directory, expected a .npy or .npz file')
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    _fail(path, f'cannot be read as .npy or .npz ({type(e).__name__}: {e})')
+  ref_policy = context_weights = None
+  if isinstance(loaded, np.lib.npyio.NpzFile):
+    with loaded:
+      keys = set(loaded.files)
+      unknown = keys - {'preferences', 'ref_policy', 'context_weights'}
+      if 'preferences' not in keys:
+        _fail(path, f'.npz has no "preferences" array (has {sorted(keys)})')
+      if unknown:
+        _fail(path, f'.npz has unknown arrays {sorted(unknown)}; expected '
+              'preferences, ref_policy, context_weights')
+      try:
+        preferences = loaded['preferences']
+        ref_policy = loaded['ref_policy'] if 'ref_policy' in keys else None
+        context_weights = (loaded['context_weights']
+                           if 'context_weights' in keys else None)
+      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        _fail(path, f'cannot be read ({type(e).__name__}: {e})')
+  else:
+    preferences = loaded
+  preferences = validate_preferences(path, np.asarray(preferences))
+  num_contexts, num_actions = preferences.shape[0], preferences.shape[-1]
+  if ref_policy is not None:
+    ref_policy = np.asarray(ref_policy)
+    shape = ([num_actions] if ref_policy.ndim == 1 else
+             [num_contexts, num_actions])
+    ref_policy = _validate_distribution(path, 'ref_policy', ref_policy, shape)
+  if context_weights is not None:
+    context_weights = _validate_distribution(
+        path, 'context_weights', np.asarray(context_weights), [num_contexts])
+  return make_game(preferences, ref_policy=ref_policy,
+                   context_weights=context_weights, dtype=dtype)

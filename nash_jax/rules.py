@@ -1,0 +1,105 @@
+"""Update rules: pure functions on log-policies and logits (rlax style).
+
+Policy-space rules (ALGORITHMS.md section 3) map ``log pi_t``, ``log pi_ref`` and
+win rates ``g`` to the next normalized log-policy, per context. Every argument
+is an array of shape ``[..., n]`` (a leading context axis, batching left to
+``vmap``); step sizes and ``beta`` may be traced scalars, so sweeps over them
+vmap too. Parameter-space objectives (section 4) are scalar functions of
+logits whose gradients the optax-driven algorithms follow.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from nash_jax.games.core import win_rates
+
+
+def normalize(logits: chex.Array) -> chex.Array:
+  """Log-softmax over responses: the normalization ``pi ∝ exp(logits)``."""
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def mirror_descent(log_policy, log_ref, g, eta, beta):
+  """Online mirror descent / MWU on ``J_beta``.
+
+  ``pi_{t+1} ∝ pi_t^{1 - eta beta} pi_ref^{eta beta} exp(eta g)``; a mirror
+  step needs ``eta beta <= 1``.
+  """
+  chex.assert_equal_shape([log_policy, log_ref, g])
+  c = eta * beta
+  return normalize((1 - c) * log_policy + c * log_ref + eta * g)
+
+
+def magnetic_mirror_descent(log_policy, log_ref, g, eta, beta):
+  """Magnetic mirror descent (Sokota et al. 2023), magnet ``pi_ref``.
+
+  ``pi_{t+1} ∝ (pi_t pi_ref^{eta beta} exp(eta g))^{1 / (1 + eta beta)}``.
+  """
+  chex.assert_equal_shape([log_policy, log_ref, g])
+  return normalize((log_policy + eta * beta * log_ref + eta * g) /
+                   (1 + eta * beta))
+
+
+def geometric_mixture(log_policy, log_ref, c):
+  """Nash-MD's mixture ``pi^mu ∝ pi^{1 - c} pi_ref^c``."""
+  chex.assert_equal_shape([log_policy, log_ref])
+  return normalize((1 - c) * log_policy + c * log_ref)
+
+
+def prox_coefficients(eta, beta):
+  """``kappa = eta / (1 + eta)`` and ``lambda = eta / (beta (1 + eta))``."""
+  return eta / (1 + eta), eta / (beta * (1 + eta))
+
+
+def prox_reference(log_anchor, log_ref, eta):
+  """The prox game's reference ``pi~ ∝ pi_ref^kappa pi_k^{1 - kappa}``.
+
+  The proximal-point subproblem at anchor ``pi_k`` is the regularized game with
+  reference ``pi~`` and strength ``beta' = 1 / lambda = beta (1 + 1/eta)``.
+  """
+  kappa = eta / (1 + eta)
+  return geometric_mixture(log_anchor, log_ref, kappa)
+
+
+def prox_step(log_anchor, log_ref, g, eta, beta):
+  """Nash-MP's (half) step ``pi ∝ pi_ref^kappa pi_k^{1 - kappa} exp(lambda g)``."""
+  chex.assert_equal_shape([log_anchor, log_ref, g])
+  kappa, lam = prox_coefficients(eta, beta)
+  return normalize(kappa * log_ref + (1 - kappa) * log_anchor + lam * g)
+
+
+def self_play_objective(logits, preferences, log_ref, context_weights, beta):
+  """``S(theta) = P(pi_theta > sg[pi_theta]) - beta KL_rho(pi_theta || pi_ref)``.
+
+  Exact over a tabular game: ``E_x [sum_y pi(y) g_{sg pi}(y) - beta KL]``.
+  Its gradient is the self-play policy gradient of ALGORITHMS.md section 4.
+  """
+  chex.assert_rank([logits, preferences], [2, 3])
+  log_policy = normalize(logits)
+  policy = jnp.exp(log_policy)
+  g = win_rates(preferences, jax.lax.stop_gradient(policy))
+  per_context = (jnp.sum(policy * g, axis=-1) -
+                 beta * jnp.sum(policy * (log_policy - log_ref), axis=-1))
+  return jnp.sum(context_weights * per_context)
+
+
+def online_ipo_loss(logits, preferences, log_ref, context_weights, beta):
+  """Online IPO (Calandriello et al. 2024), exact expectation.
+
+  ``L(theta) = E_{x, y, y' ~ sg pi} [(h_theta(y, y') - (P(y > y') - 1/2) /
+  beta)^2]`` with ``h = log pi(y)/pi(y') - log pi_ref(y)/pi_ref(y')``. Using the
+  preference probability for the Bernoulli outcome ``o`` changes the loss by a
+  constant only. ``grad L = -(4 / beta) grad S`` (tested).
+  """
+  chex.assert_rank([logits, preferences], [2, 3])
+  log_policy = normalize(logits)
+  weights = jax.lax.stop_gradient(jnp.exp(log_policy))
+  log_ratio = log_policy - log_ref
+  h = log_ratio[:, :, None] - log_ratio[:, None, :]
+  target = (preferences - 0.5) / beta
+  pair_weights = weights[:, :, None] * weights[:, None, :]
+  per_context = jnp.sum(pair_weights * (h - target) ** 2, axis=(-1, -2))
+  return jnp.sum(context_weights * per_context)
