@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags
 import jax
+from absl import flags
 
 from nash_jax import algorithms
 from nash_jax.algorithms import ConfigError
@@ -59,6 +59,10 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
   flags.DEFINE_integer('num_seeds', num_seeds, 'Seeds run in one vmapped '
                        'call: --seed, --seed+1, ...')
   flags.DEFINE_integer('seed', _D.seed, 'First seed.')
+  flags.DEFINE_integer('seed_block', _D.seed_block, 'Seeds vmapped together '
+                       '(blocks are mapped over in one compiled call); seed '
+                       'i is bit-identical across --num_seeds for a fixed '
+                       'block. Use a large block (e.g. 256) on GPU/TPU.')
   flags.DEFINE_string('dtype', _D.dtype, f'Floating point type: '
                       f'{", ".join(DTYPES)}.')
   flags.DEFINE_string('output_dir', output_dir, 'Where results are written.')

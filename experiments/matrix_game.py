@@ -8,8 +8,7 @@ summary.json into --output_dir (see README.md), prints a progress line per
 evaluation and a final table.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from experiments import common
 from nash_jax import experiment

@@ -26,8 +26,13 @@ from nash_jax import metrics as metrics_lib
 from nash_jax import reference
 from nash_jax import train as train_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
-from nash_jax.games import GENERATORS, REF_POLICIES, Game, GameFileError
-from nash_jax.games import generate_game, load_game, stack_games
+from nash_jax.games import (
+  GENERATORS,
+  REF_POLICIES,
+  Game,
+  generate_game,
+  load_game,
+)
 
 GAMES = tuple(GENERATORS) + ('file',)
 DTYPES = ('float64', 'float32')
@@ -58,6 +63,7 @@ class ExperimentConfig:
   eval_every: int = 10
   num_seeds: int = 1
   seed: int = 0
+  seed_block: int = 1
   dtype: str = 'float64'
   output_dir: str = 'results/matrix_game'
 
@@ -96,7 +102,8 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     raise ConfigError('ref_policy', f'must be one of {", ".join(REF_POLICIES)}'
                       f', got {config.ref_policy!r}')
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
-                        ('num_contexts', 1), ('num_actions', 2)):
+                        ('num_contexts', 1), ('num_actions', 2),
+                        ('seed_block', 1)):
     _positive_int(config, flag, minimum)
   if config.seed < 0:
     raise ConfigError('seed', f'must be >= 0, got {config.seed}')
@@ -196,7 +203,8 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   state, rows = train_lib.train(
       algorithm, config.beta, run_keys, games, log_eq,
       num_steps=config.num_steps, eval_every=config.eval_every,
-      shared_game=shared, on_eval=on_eval)
+      shared_game=shared, first_seed=config.seed,
+      seed_block=config.seed_block, on_eval=on_eval)
   final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
                                    np.float64))
   if shared:

@@ -13,9 +13,15 @@ import dataclasses
 import math
 from typing import Callable
 
-from nash_jax.algorithms.base import INITS, OPTIMIZERS, Algorithm
-from nash_jax.algorithms.base import AlgorithmConfig, ConfigError, PolicyState
 from nash_jax.algorithms import policy_space, softmax_pg
+from nash_jax.algorithms.base import (
+  INITS,
+  OPTIMIZERS,
+  Algorithm,
+  AlgorithmConfig,
+  ConfigError,
+  PolicyState,
+)
 
 
 def _mirror_eta(beta):

@@ -14,8 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from nash_jax import rules
-from nash_jax.algorithms.base import (Algorithm, AlgorithmConfig, PolicyState,
-                                      advance, initial_log_policy, new_state)
+from nash_jax.algorithms.base import (
+  Algorithm,
+  AlgorithmConfig,
+  PolicyState,
+  advance,
+  initial_log_policy,
+  new_state,
+)
 from nash_jax.games.core import Game, win_rates
 
 
@@ -48,7 +54,7 @@ def make_omd(config: AlgorithmConfig) -> Algorithm:
   eta, beta = config.eta, config.beta
   return _one_query_algorithm(
       'omd', config,
-      lambda l, lr, g: rules.mirror_descent(l, lr, g, eta, beta))
+      lambda lp, lr, g: rules.mirror_descent(lp, lr, g, eta, beta))
 
 
 def make_mmd(config: AlgorithmConfig) -> Algorithm:
@@ -56,7 +62,7 @@ def make_mmd(config: AlgorithmConfig) -> Algorithm:
   eta, beta = config.eta, config.beta
   return _one_query_algorithm(
       'mmd', config,
-      lambda l, lr, g: rules.magnetic_mirror_descent(l, lr, g, eta, beta))
+      lambda lp, lr, g: rules.magnetic_mirror_descent(lp, lr, g, eta, beta))
 
 
 def make_sppo(config: AlgorithmConfig) -> Algorithm:
@@ -67,7 +73,7 @@ def make_sppo(config: AlgorithmConfig) -> Algorithm:
   """
   eta = config.eta
   return _one_query_algorithm(
-      'sppo', config, lambda l, lr, g: rules.normalize(l + eta * g))
+      'sppo', config, lambda lp, lr, g: rules.normalize(lp + eta * g))
 
 
 def make_nash_md(config: AlgorithmConfig) -> Algorithm:

@@ -16,8 +16,14 @@ import jax
 import optax
 
 from nash_jax import rules
-from nash_jax.algorithms.base import (Algorithm, AlgorithmConfig, PolicyState,
-                                      advance, initial_log_policy, new_state)
+from nash_jax.algorithms.base import (
+  Algorithm,
+  AlgorithmConfig,
+  PolicyState,
+  advance,
+  initial_log_policy,
+  new_state,
+)
 from nash_jax.games.core import Game
 
 

@@ -46,8 +46,10 @@ def win_rates(preferences: chex.Array, policy: chex.Array) -> chex.Array:
   """Win rate of every response against a policy, ``g_pi(y|x) = P(y > pi | x)``.
 
   ``g_pi(y|x) = sum_{y'} P(y > y' | x) pi(y'|x)`` (ALGORITHMS.md section 1).
-  Written as a multiply-and-reduce rather than a batched dot so that a vmapped
-  sweep reduces in the same order as a single run (bit-identical seeds).
+  Written as a batched dot: on XLA:CPU a multiply-and-reduce over the last
+  axis of ``[S, X, n, n]`` sums in a different order for different seed
+  counts, which breaks bit-identical sweeps; the dot does not
+  (tests/test_train.py pins this).
 
   Args:
     preferences: ``[X, n, n]``.
@@ -58,7 +60,7 @@ def win_rates(preferences: chex.Array, policy: chex.Array) -> chex.Array:
   """
   chex.assert_rank(preferences, 3)
   chex.assert_rank(policy, 2)
-  return jnp.sum(preferences * policy[:, None, :], axis=-1)
+  return jnp.einsum('xyz,xz->xy', preferences, policy)
 
 
 def preference_of(preferences: chex.Array, policy: chex.Array,

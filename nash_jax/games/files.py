@@ -13,7 +13,6 @@ is wrong, before any work starts.
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -29,6 +28,13 @@ class GameFileError(ValueError):
 
 def _fail(path, message):
   raise GameFileError(f'game file {path}: {message}')
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  if len(text) > 200:
+    text = text[:200] + '...'
+  return f'{type(error).__name__}: {text}'
 
 
 def _check_finite_in_unit(path, name, array):
@@ -65,9 +71,9 @@ def validate_preferences(path, preferences: np.ndarray) -> np.ndarray:
 
 
 def _validate_distribution(path, name, array, shape):
-  if not np.issubdtype(array.dtype, np.number) or not np.all(
-      np.isfinite(array)):
-    _fail(path, f'{name} must hold finite numbers')
+  if (not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) or
+      not np.all(np.isfinite(array))):
+    _fail(path, f'{name} must hold finite real numbers')
   if list(array.shape) != list(shape):
     _fail(path, f'{name} must have shape {list(shape)}, got '
           f'{list(array.shape)}')
@@ -87,8 +93,8 @@ def load_game(path: str, dtype=None) -> Game:
     _fail(path, 'is a directory, expected a .npy or .npz file')
   try:
     loaded = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    _fail(path, f'cannot be read as .npy or .npz ({type(e).__name__}: {e})')
+  except Exception as e:  # noqa: BLE001 - any reader failure is the file's.
+    _fail(path, f'cannot be read as .npy or .npz ({_one_line(e)})')
   ref_policy = context_weights = None
   if isinstance(loaded, np.lib.npyio.NpzFile):
     with loaded:
@@ -104,8 +110,8 @@ def load_game(path: str, dtype=None) -> Game:
         ref_policy = loaded['ref_policy'] if 'ref_policy' in keys else None
         context_weights = (loaded['context_weights']
                            if 'context_weights' in keys else None)
-      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        _fail(path, f'cannot be read ({type(e).__name__}: {e})')
+      except Exception as e:  # noqa: BLE001 - any reader failure is the file's.
+        _fail(path, f'cannot be read ({_one_line(e)})')
   else:
     preferences = loaded
   preferences = validate_preferences(path, np.asarray(preferences))
