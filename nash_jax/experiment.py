@@ -169,6 +169,12 @@ def equilibria(config: ExperimentConfig, games: Game, shared: bool):
   return np.stack([solve(p, r) for p, r in zip(prefs, refs)])
 
 
+def prepare(config: ExperimentConfig, file_game: Game | None = None):
+  """The games of a run and their exact references: ``(games, equilibrium)``."""
+  games = build_games(config, file_game)
+  return games, equilibria(config, games, shares_game(config))
+
+
 @dataclasses.dataclass
 class Results:
   config: ExperimentConfig
@@ -179,12 +185,23 @@ class Results:
 
 
 def run(config: ExperimentConfig, file_game: Game | None = None,
-        log: Callable[[str], None] = print) -> Results:
-  """Runs a validated, resolved config; see the module docstring."""
+        log: Callable[[str], None] = print,
+        query_budget: int | None = None, prepared=None) -> Results:
+  """Runs a validated, resolved config; see the module docstring.
+
+  Args:
+    config: a config returned by :func:`validate`.
+    file_game: the game read by :func:`validate` for ``--game=file``.
+    log: where progress lines go.
+    query_budget: if set, stop at the first evaluation where every seed has
+      used at least this many preference queries (``num_steps`` stays the
+      cap).
+    prepared: ``(games, equilibrium)`` from :func:`prepare`, to share the
+      games and their exact solutions between several algorithms.
+  """
   start = time.time()
   shared = shares_game(config)
-  games = build_games(config, file_game)
-  equilibrium = equilibria(config, games, shared)
+  games, equilibrium = prepared or prepare(config, file_game)
   dtype = jnp.dtype(config.dtype)
   with np.errstate(divide='ignore'):
     log_eq = jnp.asarray(np.log(equilibrium), dtype)
@@ -204,7 +221,9 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
       algorithm, config.beta, run_keys, games, log_eq,
       num_steps=config.num_steps, eval_every=config.eval_every,
       shared_game=shared, first_seed=config.seed,
-      seed_block=config.seed_block, on_eval=on_eval)
+      seed_block=config.seed_block, on_eval=on_eval,
+      until=None if query_budget is None else
+      lambda row: np.min(row['preference_queries']) >= query_budget)
   final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
                                    np.float64))
   if shared:

@@ -163,7 +163,8 @@ def seed_layout(first_seed: int, num_seeds: int, seed_block: int):
 def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
           num_steps: int, eval_every: int, shared_game: bool,
           first_seed: int = 0, seed_block: int = 1,
-          on_eval: Callable[[dict], None] | None = None):
+          on_eval: Callable[[dict], None] | None = None,
+          until: Callable[[dict], bool] | None = None):
   """Runs every seed for ``num_steps`` steps, evaluating every ``eval_every``.
 
   Args:
@@ -180,6 +181,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     seed_block: seeds per vmapped block (see the module docstring); results
       are bit-identical across seed counts for a fixed ``seed_block``.
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
+    until: optional stopping rule, called with each row; the run ends after
+      the first evaluation where it returns True (e.g. a query budget).
 
   Returns:
     ``(final_state, rows)``: the final batched state and the list of
@@ -209,4 +212,6 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     done += chunk
     if on_eval:
       on_eval(rows[-1])
+    if until is not None and until(rows[-1]):
+      break
   return unpad(state), rows

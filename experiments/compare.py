@@ -1,0 +1,79 @@
+r"""Compares NLHF algorithms on the same tabular games: the main job.
+
+  python -m experiments.compare                       # built-in defaults
+  python -m experiments.compare --algorithms=nash_mp,omd --beta=0.01
+
+Every algorithm runs on the same games (same seeds) until each seed has used
+--query_budget preference queries. proximal_point is evaluated after every
+outer step (--eval_every applies to the others), since one of its steps may
+use hundreds of queries. Writes, into --output_dir, one
+sub-directory per algorithm in the layout of experiments.matrix_game, plus
+comparison.csv (one row per algorithm) and comparison.png (KL to pi*_beta and
+duality gap against preference queries), and prints the table.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+
+from experiments import common
+from nash_jax import analysis
+from nash_jax import experiment
+from nash_jax.algorithms import ConfigError
+
+flags.DEFINE_list('algorithms', list(common.ALGORITHM_NAMES),
+                  'Algorithms to compare (comma-separated).')
+flags.DEFINE_integer('query_budget', 2000, 'Preference queries per seed; '
+                     'each algorithm stops at the first evaluation past it.')
+common.define_flags(output_dir='results/compare', num_steps=100_000,
+                    eval_every=10, num_actions=50, num_seeds=8)
+
+
+def main(argv):
+  if len(argv) > 1:
+    common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  base = common.config_from_flags()
+  common.enable_precision(base.dtype)
+  budget = flags.FLAGS.query_budget
+  try:
+    if not flags.FLAGS.algorithms:
+      raise ConfigError('algorithms', 'must name at least one algorithm')
+    if budget < 1:
+      raise ConfigError('query_budget', f'must be >= 1, got {budget}')
+    configs = {}
+    for name in flags.FLAGS.algorithms:
+      config = base.replace(algorithm=name,
+                            output_dir=os.path.join(base.output_dir, name))
+      if name == 'proximal_point':
+        config = config.replace(eval_every=1)
+      configs[name], file_game = experiment.validate(config)
+  except common.USER_ERRORS as e:
+    common.fail(str(e))
+
+  start = time.time()
+  first = next(iter(configs.values()))
+  prepared = experiment.prepare(first, file_game)
+  results = {}
+  for name, config in configs.items():
+    results[name] = experiment.run(config, file_game, query_budget=budget,
+                                   prepared=prepared,
+                                   log=lambda line: None)
+    experiment.write_results(results[name])
+    last = results[name].rows[-1]
+    print(f'{name:<15} {results[name].wall_time:6.1f}s  '
+          f'kl_to_equilibrium {last["kl_to_equilibrium"].mean():.3e}')
+  table = analysis.comparison_rows(results)
+  analysis.write_table(table, os.path.join(base.output_dir, 'comparison.csv'))
+  title = (f'{base.game} game, n={first.num_actions}, X={first.num_contexts},'
+           f' beta={base.beta:g}, {base.num_seeds} seeds')
+  analysis.plot_comparison(results,
+                           os.path.join(base.output_dir, 'comparison.png'),
+                           title)
+  print(analysis.format_table(table))
+  print(f'wrote {base.output_dir} ({time.time() - start:.1f}s)')
+
+
+if __name__ == '__main__':
+  app.run(main)
