@@ -22,6 +22,7 @@ block (e.g. 256) so that the device is filled.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -120,15 +121,21 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...]):
   return run
 
 
+@functools.lru_cache(maxsize=64)
 def make_chunk_runner(algorithm: Algorithm, beta, chunk_steps: int,
                       shared_game: bool, seed_block: int) -> Callable:
-  """The jitted, seed-blocked ``run_chunk``; the game is shared or per seed."""
+  """The jitted, seed-blocked ``run_chunk``; the game is shared or per seed.
+
+  Cached, so that repeated runs of the same algorithm object reuse the
+  compiled function (``beta`` must then be a Python number).
+  """
   fn = lambda state, game, log_eq: run_chunk(algorithm, beta, chunk_steps,
                                              state, game, log_eq)
   return jax.jit(blocked_vmap(fn, seed_block,
                               (False, shared_game, shared_game)))
 
 
+@functools.lru_cache(maxsize=64)
 def make_initializer(algorithm: Algorithm, beta, shared_game: bool,
                      seed_block: int):
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
@@ -200,14 +207,11 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
   rows = [jax.device_get(unpad(row))]
   if on_eval:
     on_eval(rows[-1])
-  runners = {}
   done = 0
   while done < num_steps:
     chunk = min(eval_every, num_steps - done)
-    if chunk not in runners:
-      runners[chunk] = make_chunk_runner(algorithm, beta, chunk, shared_game,
-                                         seed_block)
-    state, row = runners[chunk](num_blocks, state, game, log_equilibrium)
+    runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block)
+    state, row = runner(num_blocks, state, game, log_equilibrium)
     rows.append(jax.device_get(unpad(row)))
     done += chunk
     if on_eval:

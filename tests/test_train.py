@@ -1,0 +1,128 @@
+"""The trainer's promises: seed sweeps equal single runs, bit for bit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nash_jax import algorithms, train
+from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.games import generate_game
+
+NUM_SEEDS = 5
+FIRST_SEED = 3
+
+
+def _setup(name, num_contexts=2, n=9, beta=0.1):
+  keys = jax.random.split(jax.random.PRNGKey(0), NUM_SEEDS)
+  games = jax.vmap(lambda k: generate_game(k, 'random', num_contexts, n,
+                                           'random', jnp.float64))(keys)
+  log_eq = jnp.full((NUM_SEEDS, num_contexts, n), -jnp.log(n))
+  config = algorithms.resolve_config(
+      name, AlgorithmConfig(beta=beta, init='random'), num_contexts)
+  if name == 'proximal_point':
+    config = config.replace(inner_steps=3)
+  return algorithms.make_algorithm(name, config), keys, games, log_eq
+
+
+def _run(alg, keys, games, log_eq, first_seed, seed_block, shared=False,
+         num_steps=10):
+  return train.train(alg, 0.1, keys, games, log_eq, num_steps=num_steps,
+                     eval_every=5, shared_game=shared, first_seed=first_seed,
+                     seed_block=seed_block)
+
+
+def _assert_seed_equal(sweep, single, i):
+  (s_state, s_rows), (o_state, o_rows) = sweep, single
+  assert len(s_rows) == len(o_rows)
+  for a, b in zip(s_rows, o_rows):
+    for k in a:
+      np.testing.assert_array_equal(a[k][i], b[k][0], err_msg=k)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[i], y[0]),
+               s_state, o_state)
+
+
+CASES = [(name, 1) for name in algorithms.ALGORITHM_NAMES] + [
+    ('omwu', 4), ('nash_md', 4), ('online_ipo', 4)]
+
+
+@pytest.mark.parametrize('name,seed_block', CASES)
+def test_sweep_seed_is_bit_identical_to_single_run(name, seed_block):
+  alg, keys, games, log_eq = _setup(name)
+  sweep = _run(alg, keys, games, log_eq, FIRST_SEED, seed_block)
+  for i in (0, NUM_SEEDS - 1):
+    one = lambda x: x[i:i + 1]
+    single = _run(alg, one(keys), jax.tree.map(one, games), one(log_eq),
+                  FIRST_SEED + i, seed_block)
+    _assert_seed_equal(sweep, single, i)
+
+
+def test_shared_game_sweep_is_bit_identical_to_single_run():
+  alg, keys, games, log_eq = _setup('nash_mp')
+  game = jax.tree.map(lambda x: x[0], games)
+  sweep = _run(alg, keys, game, log_eq[0], FIRST_SEED, 1, shared=True)
+  single = _run(alg, keys[2:3], game, log_eq[0], FIRST_SEED + 2, 1,
+                shared=True)
+  _assert_seed_equal(sweep, single, 2)
+  # Seeds differ through their random initial policy.
+  assert not np.array_equal(sweep[0].params[0], sweep[0].params[1])
+
+
+@pytest.mark.parametrize('first_seed,num_seeds,block',
+                         [(0, 1, 1), (3, 5, 4), (7, 2, 8), (8, 8, 4)])
+def test_seed_layout_puts_seed_s_in_lane_s_mod_block(first_seed, num_seeds,
+                                                     block):
+  gather, positions = train.seed_layout(first_seed, num_seeds, block)
+  assert len(gather) % block == 0
+  assert len(gather) // block >= 2
+  for i, p in enumerate(positions):
+    assert p % block == (first_seed + i) % block
+    assert gather[p] == i
+  assert set(gather) <= set(range(num_seeds))
+
+
+def test_results_do_not_depend_on_the_block_contents():
+  # The same seed computed next to different neighbours.
+  alg, keys, games, log_eq = _setup('omwu')
+  a = _run(alg, keys, games, log_eq, 0, 4)
+  perm = np.array([4, 1, 2, 3, 0])
+  b = _run(alg, keys[perm], jax.tree.map(lambda x: x[perm], games),
+           log_eq[perm], 0, 4)
+  # Seeds 1-3 keep their lanes and data; their neighbours changed.
+  for i in (1, 2, 3):
+    np.testing.assert_array_equal(a[0].params[i], b[0].params[i])
+
+
+def test_rows_are_evaluation_points_and_until_stops_early():
+  alg, keys, games, log_eq = _setup('nash_mp')
+  _, rows = _run(alg, keys, games, log_eq, 0, 1, num_steps=12)
+  assert [int(r['step'][0]) for r in rows] == [0, 5, 10, 12]
+  # The last, shorter chunk is still exactly 2 steps.
+  np.testing.assert_array_equal(rows[-1]['preference_queries'], 24)
+  assert all(r['kl_to_equilibrium'].shape == (NUM_SEEDS,) for r in rows)
+  _, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=100,
+                        eval_every=5, shared_game=False,
+                        until=lambda r: np.min(r['preference_queries']) >= 20)
+  assert [int(r['step'][0]) for r in rows] == [0, 5, 10]
+  np.testing.assert_array_equal(rows[-1]['preference_queries'], 20)
+
+
+def test_sweep_over_traced_beta_and_eta_matches_separate_runs():
+  # No Python control flow depends on hyperparameter values, so a config
+  # whose numbers are tracers vmaps (the hyperparameter-sweep pattern).
+  _, keys, games, _ = _setup('nash_mp')
+  game = jax.tree.map(lambda x: x[0], games)
+  betas = jnp.array([0.1, 0.2, 0.5])
+
+  def final_policy(beta):
+    config = AlgorithmConfig(beta=beta, eta=2 * beta)
+    alg = algorithms.make_algorithm('nash_mp', config)
+    state = alg.init(keys[0], game)
+    state, _ = jax.lax.scan(lambda s, _: (alg.step(s, game)[0], None), state,
+                            None, length=10)
+    return alg.log_policy(state)
+
+  swept = jax.jit(jax.vmap(final_policy))(betas)
+  for i, beta in enumerate(betas):
+    np.testing.assert_allclose(swept[i], final_policy(float(beta)),
+                               rtol=0, atol=1e-12)
