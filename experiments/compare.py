@@ -15,12 +15,10 @@ duality gap against preference queries), and prints the table.
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from experiments import common
-from nash_jax import analysis
-from nash_jax import experiment
+from nash_jax import analysis, experiment
 from nash_jax.algorithms import ConfigError
 
 flags.DEFINE_list('algorithms', list(common.ALGORITHM_NAMES),
