@@ -40,6 +40,7 @@ def main(argv):
       raise ConfigError('algorithms', 'must name at least one algorithm')
     if budget < 1:
       raise ConfigError('query_budget', f'must be >= 1, got {budget}')
+    experiment.check_output_dir(base.output_dir)
     configs = {}
     for name in flags.FLAGS.algorithms:
       config = base.replace(algorithm=name,

@@ -76,6 +76,26 @@ class ExperimentConfig:
                               if k in fields})
 
 
+MAX_SEED = 2 ** 31 - 1
+
+
+def check_output_dir(path: str, flag: str = 'output_dir') -> None:
+  """Refuses an output directory that could not be created or written."""
+  if not path:
+    raise ConfigError(flag, 'must not be empty')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(flag, f'{path} exists and is not a directory')
+  ancestor = os.path.abspath(path)
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise ConfigError(flag, f'{path} cannot be created: {ancestor} is not a '
+                      'directory')
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ConfigError(flag, f'{path} cannot be written: no permission in '
+                      f'{ancestor}')
+
+
 def _positive_int(config, flag, minimum):
   value = getattr(config, flag)
   if value < minimum:
@@ -105,16 +125,13 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
                         ('num_contexts', 1), ('num_actions', 2),
                         ('seed_block', 1)):
     _positive_int(config, flag, minimum)
-  if config.seed < 0:
-    raise ConfigError('seed', f'must be >= 0, got {config.seed}')
-  if config.game_seed is not None and config.game_seed < 0:
-    raise ConfigError('game_seed', f'must be >= 0, got {config.game_seed}')
-  if not config.output_dir:
-    raise ConfigError('output_dir', 'must not be empty')
-  if os.path.exists(config.output_dir) and not os.path.isdir(
-      config.output_dir):
-    raise ConfigError('output_dir', f'{config.output_dir} exists and is not '
-                      'a directory')
+  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
+    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
+                      f'{config.seed}')
+  if config.game_seed is not None and not 0 <= config.game_seed <= MAX_SEED:
+    raise ConfigError('game_seed', f'must be in [0, 2^31 - 1], got '
+                      f'{config.game_seed}')
+  check_output_dir(config.output_dir)
   file_game = None
   if config.game == 'file':
     if not config.game_file:
@@ -252,6 +269,17 @@ def summary(results: Results) -> dict:
           'mean': mean, 'wall_time_s': results.wall_time}
 
 
+def _json_safe(obj):
+  """NaN and infinities become ``null`` so that the JSON is standard."""
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  return obj
+
+
 def _atomic_write(path, write: Callable):
   tmp = path + '.tmp'
   write(tmp)
@@ -271,7 +299,8 @@ def write_results(results: Results, output_dir: str | None = None) -> None:
   def write_json(obj):
     def write(tmp):
       with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(_json_safe(obj), f, indent=2, sort_keys=True,
+                  allow_nan=False)
         f.write('\n')
     return write
 

@@ -5,6 +5,11 @@
 and evaluates the exact metrics at the chunk's end, so only evaluation points
 ever leave the device. A Python loop between chunks logs progress (Stoix).
 
+Devices. The padded seed axis is sharded over a 1-D ``('seeds',)`` device
+mesh (``shard_map`` inside ``jit``; no ``pmap``), each device mapping over its
+own blocks, so the same code runs on one CPU, on N fake CPU devices, on a GPU
+or on a TPU slice, and a seed's result does not depend on the device count.
+
 Seed blocks. XLA compiles a vmapped program differently for different batch
 sizes (fusion, vector tails, FMA contraction), and even a lane's position in
 the batch can change the last bit of a reduction; so seed ``i`` of an 8-seed
@@ -90,22 +95,37 @@ def _map_blocks(fn: Callable, blocks, num_blocks):
   return jax.lax.fori_loop(0, num_blocks, body, out)
 
 
-def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...]):
-  """``vmap(fn)`` over a leading seed axis, computed in blocks of ``seed_block``.
+def seed_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh ``('seeds',)`` over the first ``num_devices`` devices (all by
+  default; across every host after ``jax.distributed.initialize``)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ('seeds',))
+
+
+def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
+                 mesh: jax.sharding.Mesh):
+  """``vmap(fn)`` over a leading seed axis, in blocks, sharded over devices.
 
   Args:
     fn: a per-seed function of positional arguments.
-    seed_block: seeds per ``vmap``; the seed axis length must be a multiple.
-    shared: per argument, True when it has no seed axis (broadcast).
+    seed_block: seeds per ``vmap``.
+    shared: per argument, True when it has no seed axis (replicated).
+    mesh: a 1-D ``('seeds',)`` mesh; the seed axis is split evenly over it
+      and each device maps over its own blocks.
 
   Returns:
     A function ``run(num_blocks, *args)`` (seed axis first on the unshared
-    arguments, ``num_blocks`` a traced int32) that maps ``vmap(fn)`` over
-    the blocks; see the module docstring.
+    arguments, whose length is ``devices * num_blocks * seed_block``;
+    ``num_blocks``, the blocks per device, a traced int32); see the module
+    docstring.
   """
   in_axes = tuple(None if s else 0 for s in shared)
+  seeds = jax.sharding.PartitionSpec('seeds')
+  replicated = jax.sharding.PartitionSpec()
 
-  def run(num_blocks, *args):
+  def local(num_blocks, *args):
     num = next(jax.tree.leaves(a)[0].shape[0]
                for a, s in zip(args, shared) if not s)
     split = lambda x: x.reshape((num // seed_block, seed_block) + x.shape[1:])
@@ -118,12 +138,16 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...]):
 
     out = _map_blocks(one_block, mapped, num_blocks)
     return jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), out)
-  return run
+
+  specs = (replicated,) + tuple(replicated if s else seeds for s in shared)
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seeds,
+                       check_vma=False)
 
 
 @functools.lru_cache(maxsize=64)
 def make_chunk_runner(algorithm: Algorithm, beta, chunk_steps: int,
-                      shared_game: bool, seed_block: int) -> Callable:
+                      shared_game: bool, seed_block: int,
+                      mesh: jax.sharding.Mesh) -> Callable:
   """The jitted, seed-blocked ``run_chunk``; the game is shared or per seed.
 
   Cached, so that repeated runs of the same algorithm object reuse the
@@ -132,44 +156,56 @@ def make_chunk_runner(algorithm: Algorithm, beta, chunk_steps: int,
   fn = lambda state, game, log_eq: run_chunk(algorithm, beta, chunk_steps,
                                              state, game, log_eq)
   return jax.jit(blocked_vmap(fn, seed_block,
-                              (False, shared_game, shared_game)))
+                              (False, shared_game, shared_game), mesh))
 
 
 @functools.lru_cache(maxsize=64)
 def make_initializer(algorithm: Algorithm, beta, shared_game: bool,
-                     seed_block: int):
+                     seed_block: int, mesh: jax.sharding.Mesh):
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
   def init(key, game, log_eq):
     state = algorithm.init(key, game)
     info0 = info_template(algorithm, state, game)
     return state, evaluate_state(algorithm, state, game, beta, log_eq, info0)
   return jax.jit(blocked_vmap(init, seed_block,
-                              (False, shared_game, shared_game)))
+                              (False, shared_game, shared_game), mesh))
 
 
-def seed_layout(first_seed: int, num_seeds: int, seed_block: int):
+def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
+                num_devices: int = 1):
   """Where each seed runs: ``(gather, positions)``.
 
-  The padded seed axis has ``ceil`` whole blocks; position ``p`` holds seed
-  ``base + p`` with ``base = first_seed - first_seed mod seed_block``, so seed
-  ``s`` is in lane ``s mod seed_block``. ``gather[p]`` is the index (into the
-  ``num_seeds`` real seeds) whose data fills position ``p`` (padding copies
-  seed 0); ``positions[i]`` is where real seed ``i`` sits. There are at
-  least two blocks (a single run computes one padding block too), because
-  XLA compiles a map over one block differently.
+  The padded seed axis holds ``num_devices`` equal shares of whole blocks;
+  position ``p`` holds seed ``base + p`` with
+  ``base = first_seed - first_seed mod seed_block``, so seed ``s`` is in lane
+  ``s mod seed_block``. ``gather[p]`` is the index (into the ``num_seeds``
+  real seeds) whose data fills position ``p`` (padding copies seed 0);
+  ``positions[i]`` is where real seed ``i`` sits. Every device gets at least
+  two blocks (a single run computes one padding block too), because XLA
+  compiles a map over one block differently.
   """
   offset = first_seed % seed_block
-  # At least two blocks: XLA compiles a map over one block differently.
-  padded = max(2, -(-(offset + num_seeds) // seed_block)) * seed_block
+  blocks = -(-(offset + num_seeds) // seed_block)
+  per_device = max(2, -(-blocks // num_devices))
+  padded = per_device * num_devices * seed_block
   gather = np.clip(np.arange(padded) - offset, 0, num_seeds - 1)
   gather[:offset] = 0
   positions = np.arange(num_seeds) + offset
   return gather, positions
 
 
+def to_host(tree):
+  """Fetches a (possibly multi-host sharded) pytree as NumPy arrays."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
 def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
           num_steps: int, eval_every: int, shared_game: bool,
           first_seed: int = 0, seed_block: int = 1,
+          mesh: jax.sharding.Mesh | None = None,
           on_eval: Callable[[dict], None] | None = None,
           until: Callable[[dict], bool] | None = None):
   """Runs every seed for ``num_steps`` steps, evaluating every ``eval_every``.
@@ -187,6 +223,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
       fixes each seed's lane.
     seed_block: seeds per vmapped block (see the module docstring); results
       are bit-identical across seed counts for a fixed ``seed_block``.
+    mesh: the ``('seeds',)`` device mesh (default: all devices); results do
+      not depend on the number of devices.
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
     until: optional stopping rule, called with each row; the run ends after
       the first evaluation where it returns True (e.g. a query budget).
@@ -195,24 +233,36 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     ``(final_state, rows)``: the final batched state and the list of
     evaluation rows (step 0 first), each a dict of ``[S]`` NumPy arrays.
   """
-  gather, positions = seed_layout(first_seed, keys.shape[0], seed_block)
-  pad = lambda tree: jax.tree.map(lambda x: x[gather], tree)
-  unpad = lambda tree: jax.tree.map(lambda x: x[positions], tree)
+  mesh = mesh or seed_mesh()
+  num_devices = mesh.devices.size
+  gather, positions = seed_layout(first_seed, keys.shape[0], seed_block,
+                                  num_devices)
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      'seeds'))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  pad = lambda tree: jax.device_put(
+      jax.tree.map(lambda x: np.asarray(x)[gather], tree), sharded)
+  unpad = lambda tree: jax.tree.map(lambda x: np.asarray(x)[positions],
+                                    to_host(tree))
   keys = pad(keys)
-  if not shared_game:
+  if shared_game:
+    game, log_equilibrium = jax.device_put((game, log_equilibrium),
+                                           replicated)
+  else:
     game, log_equilibrium = pad((game, log_equilibrium))
-  num_blocks = jnp.int32(len(gather) // seed_block)
-  init = make_initializer(algorithm, beta, shared_game, seed_block)
+  num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))
+  init = make_initializer(algorithm, beta, shared_game, seed_block, mesh)
   state, row = init(num_blocks, keys, game, log_equilibrium)
-  rows = [jax.device_get(unpad(row))]
+  rows = [unpad(row)]
   if on_eval:
     on_eval(rows[-1])
   done = 0
   while done < num_steps:
     chunk = min(eval_every, num_steps - done)
-    runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block)
+    runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block,
+                               mesh)
     state, row = runner(num_blocks, state, game, log_equilibrium)
-    rows.append(jax.device_get(unpad(row)))
+    rows.append(unpad(row))
     done += chunk
     if on_eval:
       on_eval(rows[-1])

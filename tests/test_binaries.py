@@ -21,8 +21,8 @@ runs. Two things keep it near a minute on 2 CPU cores:
   so that runs which compile the same program share the compilation (a
   cached executable is the same program; results are unaffected).
 
-The runs that several tests read are started up front, all at once (see
-``PLAN``), when the first test asks for one.
+The runs that tests read are listed in ``PLAN``; those of the selected tests
+(see :func:`uses`) start together, before the first test.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ SWEEP_CASES = [
      ['--game_seed=7', '--init=random']),
 ]
 
-# The runs that several tests read, started together: name -> (module, args).
-# '{data}' in an argument is the directory of the game files written by
-# _write_game_files; every run gets --output_dir=<base>/<name>.
+# The runs that tests read: name -> (module, args). '{data}' in an argument is
+# the directory of the game files written by _write_game_files; every run
+# gets --output_dir=<base>/<name>. Of repeated flags the last one wins.
 PLAN = {}
 for _algorithm in ALGORITHM_NAMES:
   PLAN[f'sweep/{_algorithm}'] = (MATRIX_GAME, _sweep_args(_algorithm))
@@ -182,9 +182,8 @@ for line in sys.stdin:
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(code)
-  _, status, ru = os.wait4(pid, 0)
+  _, status = os.waitpid(pid, 0)
   print(os.waitstatus_to_exitcode(status), flush=True)
-  print(f'CPU {ru.ru_utime + ru.ru_stime:6.2f} {request["args"]}', file=sys.stderr, flush=True)
 '''
 
 
@@ -216,19 +215,16 @@ class Runner:
     self.planned = {}
 
   def close(self):
-    self.pool.shutdown(cancel_futures=True)
+    self.pool.shutdown(wait=False, cancel_futures=True)
     for server in self.all_servers:
-      server.stdin.close()
-      server.wait(timeout=60)
+      server.stdin.close()  # The server exits after its current run.
+    for server in self.all_servers:
+      try:
+        server.wait(timeout=TIMEOUT_S)
+      except subprocess.TimeoutExpired:
+        server.kill()
 
   def _run(self, module, args) -> Run:
-    import time; t0 = time.time(); c0 = os.times()
-    r = self._run2(module, args)
-    c1 = os.times()
-    print(f'TIMING {time.time()-t0:6.2f} {args}', file=sys.__stderr__, flush=True)
-    return r
-
-  def _run2(self, module, args) -> Run:
     if not USE_FORK:
       return run_process(module, args, self.env)
     with self.lock:
@@ -253,14 +249,16 @@ class Runner:
   def run(self, module, args) -> Run:
     return self.submit(module, args).result(timeout=TIMEOUT_S)
 
-  def start_plan(self):
-    for name, (module, args) in PLAN.items():
+  def start(self, name):
+    if name not in self.planned:
+      module, args = PLAN[name]
       args = [a.replace('{data}', str(self.data)) for a in args]
       args.append(f'--output_dir={self.base / name}')
       self.planned[name] = self.submit(module, args)
 
   def get(self, name) -> tuple[Run, Path]:
     """A planned run (exit status 0 checked) and its output directory."""
+    self.start(name)
     run = self.planned[name].result(timeout=TIMEOUT_S)
     assert run.returncode == 0, run.describe()
     assert 'Traceback' not in run.stdout + run.stderr, run.describe()
@@ -275,11 +273,25 @@ def run_process(module, args, env=None) -> Run:
   return Run(list(args), result.returncode, result.stdout, result.stderr)
 
 
+def uses(plan_keys):
+  """Marks the PLAN entries a test reads: ``plan_keys(**params)``."""
+  def mark(test):
+    test.plan_keys = plan_keys
+    return test
+  return mark
+
+
 @pytest.fixture(scope='module')
-def runner(tmp_path_factory):
+def runner(request, tmp_path_factory):
+  """The runner, with the planned runs of the selected tests started."""
   runner = Runner(tmp_path_factory.mktemp('binaries'))
   runner.games = _write_game_files(runner.data)
-  runner.start_plan()
+  for item in request.session.items:
+    plan_keys = getattr(getattr(item, 'function', None), 'plan_keys', None)
+    if plan_keys and item.module is request.module:
+      callspec = getattr(item, 'callspec', None)
+      for name in plan_keys(**(callspec.params if callspec else {})):
+        runner.start(name)
   yield runner
   runner.close()
 
@@ -296,8 +308,22 @@ def read_metrics(out: Path):
   return header, [dict(zip(header, r)) for r in reader], text.splitlines()
 
 
-def read_json(path: Path):
-  return json.loads(path.read_text())
+def _null_to_nan(obj):
+  if obj is None:
+    return math.nan
+  if isinstance(obj, dict):
+    return {k: _null_to_nan(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_null_to_nan(v) for v in obj]
+  return obj
+
+
+def read_json(path: Path, null_is_nan: bool = False):
+  """Reads strict JSON; in summaries NaN is written as null, read as NaN."""
+  text = path.read_text()
+  assert 'NaN' not in text and 'Infinity' not in text
+  obj = json.loads(text)
+  return _null_to_nan(obj) if null_is_nan else obj
 
 
 def _same(a: float, b: float) -> bool:
@@ -364,7 +390,7 @@ def check_layout(out: Path, context_weights=None, tol=1e-9) -> Layout:
   layout = Layout(config, header, rows, lines, by_seed,
                   np.load(out / 'final_policy.npy'),
                   np.load(out / 'equilibrium.npy'),
-                  read_json(out / 'summary.json'))
+                  read_json(out / 'summary.json', null_is_nan=True))
   for array in (layout.final_policy, layout.equilibrium):
     assert array.shape == shape and array.dtype == np.float64
     assert np.all(array >= 0)
@@ -423,6 +449,7 @@ def check_refused(run: Run, out: Path, expected_code=2,
 
 
 @pytest.mark.parametrize('algorithm', ALGORITHM_NAMES)
+@uses(lambda algorithm: [f'sweep/{algorithm}'])
 def test_matrix_game_every_algorithm(runner, algorithm):
   run, out = runner.get(f'sweep/{algorithm}')
   layout = check_layout(out)
@@ -445,6 +472,10 @@ def test_matrix_game_every_algorithm(runner, algorithm):
     assert config['learning_rate'] is None
   assert (config['inner_eta'] is not None) == (algorithm == 'proximal_point')
 
+  # The algorithm's step info follows the metrics (README.md).
+  extra = {'proximal_point': ['inner_steps'], 'self_play_pg': ['loss'],
+           'online_ipo': ['loss']}.get(algorithm, [])
+  assert layout.header == METRIC_HEADER + extra
   steps = expected_steps(num_steps, eval_every)
   assert layout.steps == steps
   assert len(layout.rows) == 3 * len(steps)
@@ -469,6 +500,8 @@ def test_matrix_game_every_algorithm(runner, algorithm):
 
 @pytest.mark.parametrize('name,algorithm,extra', SWEEP_CASES,
                          ids=[c[0] for c in SWEEP_CASES])
+@uses(lambda name, algorithm, extra: [
+    f'sweep/{name}' if extra else f'sweep/{algorithm}', f'single/{name}'])
 def test_sweep_seed_equals_single_run(runner, name, algorithm, extra):
   key = f'sweep/{name}' if extra else f'sweep/{algorithm}'
   sweep = check_layout(runner.get(key)[1])
@@ -477,6 +510,7 @@ def test_sweep_seed_equals_single_run(runner, name, algorithm, extra):
   assert np.array_equal(sweep.final_policy[1], single.final_policy[0])
   assert np.array_equal(sweep.equilibrium[1], single.equilibrium[0])
   seed5 = [line for line in sweep.lines if line.startswith('5,')]
+  assert sweep.lines[0] == single.lines[0]
   assert seed5 and seed5 == single.lines[1:]
   assert sweep.summary['final'][1] == single.summary['final'][0]
 
@@ -494,6 +528,7 @@ def test_sweep_seed_equals_single_run(runner, name, algorithm, extra):
          sweep.by_seed.values()], 0.5)
 
 
+@uses(lambda: ['beta0'])
 def test_beta_zero_runs_against_a_von_neumann_winner(runner):
   _, out = runner.get('beta0')
   layout = check_layout(out)
@@ -536,6 +571,7 @@ def np_metrics(policy, preferences, ref, weights, beta, eq):
 
 
 @pytest.mark.parametrize('kind', ['npy', 'npz'])
+@uses(lambda kind: [f'file/{kind}'])
 def test_game_file(runner, kind):
   _, out = runner.get(f'file/{kind}')
   arrays = runner.games[kind]
@@ -573,6 +609,8 @@ def test_game_file(runner, kind):
 
 
 @pytest.mark.parametrize('game', list(GENERATORS))
+@uses(lambda game: ['sweep/nash_mp'] + (
+    [f'game/{game}'] if game != 'random' else []))
 def test_generated_game_families(runner, game):
   key = 'sweep/nash_mp' if game == 'random' else f'game/{game}'
   layout = check_layout(runner.get(key)[1])
@@ -599,6 +637,7 @@ def test_generated_game_families(runner, game):
 # experiments.compare, end to end.
 
 
+@uses(lambda: ['compare'])
 def test_compare(runner):
   run, out = runner.get('compare')
   names = ['nash_mp', 'omd', 'proximal_point']
@@ -763,35 +802,20 @@ REFUSED = [
     ('compare_game_file', COMPARE, ['--game=file',
                                     '--game_file={data}/nan.npy'],
      ['{data}/nan.npy', 'NaN']),
-    pytest.param(
-        'pg_beta_quarter', MATRIX_GAME,
-        ['--algorithm=self_play_pg', '--beta=-0.25'], ['--beta'],
-        marks=pytest.mark.xfail(strict=True, reason=(
-            'bug: resolve_config computes the default learning rate '
-            'num_contexts / (beta + 1/4) before validate_config checks '
-            'beta >= 0, so beta = -0.25 dies with ZeroDivisionError '
-            '(traceback, exit 1)'))),
-    pytest.param(
-        'output_dir_under_file', MATRIX_GAME,
-        ['--output_dir={data}/regular_file/sub'], ['--output_dir'],
-        marks=pytest.mark.xfail(strict=True, reason=(
-            'bug: validate only checks that output_dir itself is not a '
-            'regular file; a path under a regular file passes, the run '
-            'trains, then os.makedirs raises NotADirectoryError '
-            '(traceback, exit 1)'))),
-    pytest.param(
-        'compare_output_dir_file', COMPARE,
-        ['--output_dir={data}/regular_file', '--algorithms=nash_mp'],
-        ['--output_dir'],
-        marks=pytest.mark.xfail(strict=True, reason=(
-            'bug: compare validates <output_dir>/<algorithm>, which does '
-            'not exist when output_dir is a regular file, so the run '
-            'trains, then os.makedirs raises NotADirectoryError '
-            '(traceback, exit 1)'))),
+    ('pg_beta_quarter', MATRIX_GAME,
+     ['--algorithm=self_play_pg', '--beta=-0.25'], ['--beta']),
+    ('seed_too_large', MATRIX_GAME, [f'--seed={2 ** 64}'], ['--seed']),
+    ('game_seed_too_large', MATRIX_GAME, [f'--game_seed={2 ** 64}'],
+     ['--game_seed']),
+    ('output_dir_under_file', MATRIX_GAME,
+     ['--output_dir={data}/regular_file/sub'], ['--output_dir']),
+    ('compare_output_dir_file', COMPARE,
+     ['--output_dir={data}/regular_file', '--algorithms=nash_mp'],
+     ['--output_dir']),
 ]
 
 BAD_FILES = [
-    ('missing.npy', []), ('a_directory', ['directory']),
+    ('missing.npy', ['does not exist']), ('a_directory', ['directory']),
     ('garbage.npy', ['cannot be read']), ('empty.npy', ['cannot be read']),
     ('truncated.npy', ['cannot be read']), ('non_square.npy', ['square']),
     ('one_axis.npy', ['shape']), ('one_response.npy', ['2 responses']),
@@ -857,6 +881,7 @@ def test_unparsable_flags_are_refused(runner, tmp_path, name, args, flag):
   check_refused(run, out, expected_code=None, must_contain=[flag])
 
 
+@uses(lambda: ['single/nash_mp'])
 def test_bad_input_leaves_an_existing_result_alone(runner, tmp_path):
   """A refused run into the directory of an earlier result changes nothing."""
   _, done = runner.get('single/nash_mp')
@@ -866,6 +891,7 @@ def test_bad_input_leaves_an_existing_result_alone(runner, tmp_path):
   run = runner.run(MATRIX_GAME, [f'--output_dir={out}', *MG_TINY,
                                  '--beta=-1'])
   assert run.returncode == 2, run.describe()
+  assert run.stderr.count('error: --beta') == 1, run.describe()
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
   empty = tmp_path / 'empty'
   empty.mkdir()
@@ -878,6 +904,7 @@ def test_bad_input_leaves_an_existing_result_alone(runner, tmp_path):
 # Genuine `python -m` processes, against the forked runs.
 
 
+@uses(lambda: ['single/nash_mp'])
 def test_real_process_matches_forked_run(runner, tmp_path):
   module, args = PLAN['single/nash_mp']
   forked_run, forked = runner.get('single/nash_mp')

@@ -125,8 +125,14 @@ def default_learning_rate(name, beta, optimizer, num_contexts):
 
 def resolve_config(name: str, config: AlgorithmConfig,
                    num_contexts: int = 1) -> AlgorithmConfig:
-  """Fills in the defaults of ``eta``, ``learning_rate`` and ``inner_eta``."""
+  """Fills in the defaults of ``eta``, ``learning_rate`` and ``inner_eta``.
+
+  A ``beta`` that :func:`validate_config` will refuse (negative or not finite)
+  gets no defaults, so that the refusal names ``--beta``.
+  """
   spec = _spec(name)
+  if not (math.isfinite(config.beta) and config.beta >= 0):
+    return config
   updates = {}
   if config.eta is None and spec.default_eta is not None:
     updates['eta'] = float(spec.default_eta(config.beta))

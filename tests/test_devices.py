@@ -1,0 +1,68 @@
+"""Sharding the seed axis over devices: 8 fake CPU devices against one.
+
+XLA_FLAGS must be set before JAX starts, so the comparison runs in a fresh
+Python process.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update('jax_enable_x64', True)
+    from nash_jax import algorithms, train
+    from nash_jax.algorithms import AlgorithmConfig
+    from nash_jax.games import generate_game
+    assert jax.device_count() == 8, jax.devices()
+    num_seeds = 5  # not divisible by the device count
+    keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+    games = jax.vmap(lambda k: generate_game(k, 'random', 2, 7, 'random',
+                                             jnp.float64))(keys)
+    log_eq = jnp.full((num_seeds, 2, 7), -jnp.log(7.0))
+    for name in ('nash_mp', 'omwu', 'self_play_pg'):
+      config = algorithms.resolve_config(name, AlgorithmConfig(
+          beta=0.1, init='random'), 2)
+      alg = algorithms.make_algorithm(name, config)
+      results = {}
+      for devices in (1, 8):
+        for block in (1, 2):
+          mesh = train.seed_mesh(devices)
+          results[devices, block] = train.train(
+              alg, 0.1, keys, games, log_eq, num_steps=7, eval_every=3,
+              shared_game=False, first_seed=2, seed_block=block, mesh=mesh)
+      for block in (1, 2):
+        (s1, r1), (s8, r8) = results[1, block], results[8, block]
+        jax.tree.map(np.testing.assert_array_equal, s1, s8)
+        for a, b in zip(r1, r8):
+          for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+      # The state really was spread over the devices.
+      assert len(results[8, 1][0].params) == num_seeds
+    game = jax.tree.map(lambda x: x[0], games)
+    alg = algorithms.make_algorithm('nash_mp', algorithms.resolve_config(
+        'nash_mp', AlgorithmConfig(beta=0.1, init='random'), 2))
+    one = train.train(alg, 0.1, keys, game, log_eq[0], num_steps=4,
+                      eval_every=2, shared_game=True,
+                      mesh=train.seed_mesh(1))
+    eight = train.train(alg, 0.1, keys, game, log_eq[0], num_steps=4,
+                        eval_every=2, shared_game=True,
+                        mesh=train.seed_mesh(8))
+    jax.tree.map(np.testing.assert_array_equal, one[0], eight[0])
+    print('DEVICES OK')
+''')
+
+
+@pytest.mark.slow
+def test_eight_fake_devices_match_one_device_bit_for_bit():
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      ' --xla_force_host_platform_device_count=8').strip()
+  env['JAX_PLATFORMS'] = 'cpu'
+  result = subprocess.run([sys.executable, '-c', SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'DEVICES OK' in result.stdout
