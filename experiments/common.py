@@ -66,6 +66,13 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
   flags.DEFINE_string('dtype', _D.dtype, f'Floating point type: '
                       f'{", ".join(DTYPES)}.')
   flags.DEFINE_string('output_dir', output_dir, 'Where results are written.')
+  flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every, 'Steps '
+                       'between checkpoints in OUTPUT_DIR/checkpoints (0: '
+                       'none). Rerunning the same command resumes.')
+  flags.DEFINE_integer('keep_checkpoints', _D.keep_checkpoints,
+                       'Checkpoints kept (the newest).')
+  flags.DEFINE_bool('overwrite', _D.overwrite, 'Delete checkpoints of a run '
+                    'with other settings (or any checkpoints) and start over.')
 
 
 def config_from_flags(**overrides) -> ExperimentConfig:
@@ -80,6 +87,12 @@ def config_from_flags(**overrides) -> ExperimentConfig:
 def enable_precision(dtype: str) -> None:
   """float64 needs JAX's x64 mode, switched on before any array exists."""
   jax.config.update('jax_enable_x64', dtype == 'float64')
+
+
+def quiet_logs() -> None:
+  """Only warnings and errors from absl logging (JAX, orbax) on stderr."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
 
 
 def fail(message: str) -> None:

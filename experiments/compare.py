@@ -32,6 +32,7 @@ common.define_flags(output_dir='results/compare', num_steps=100_000,
 def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  common.quiet_logs()
   base = common.config_from_flags()
   common.enable_precision(base.dtype)
   budget = flags.FLAGS.query_budget

@@ -22,6 +22,7 @@ common.define_flags(output_dir='results/matrix_game', num_steps=1000,
 def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  common.quiet_logs()
   config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
   common.enable_precision(config.dtype)
   try:

@@ -14,6 +14,9 @@ import csv
 import dataclasses
 import json
 import os
+import resource
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nash_jax import algorithms as algorithms_lib
+from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import metrics as metrics_lib
 from nash_jax import reference
 from nash_jax import train as train_lib
@@ -66,6 +70,9 @@ class ExperimentConfig:
   seed_block: int = 1
   dtype: str = 'float64'
   output_dir: str = 'results/matrix_game'
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  overwrite: bool = False
 
   def replace(self, **kwargs) -> 'ExperimentConfig':
     return dataclasses.replace(self, **kwargs)
@@ -123,7 +130,8 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
                       f', got {config.ref_policy!r}')
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
                         ('num_contexts', 1), ('num_actions', 2),
-                        ('seed_block', 1)):
+                        ('seed_block', 1), ('checkpoint_every', 0),
+                        ('keep_checkpoints', 1)):
     _positive_int(config, flag, minimum)
   if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
     raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
@@ -147,6 +155,11 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   algorithms_lib.validate_config(config.algorithm, alg_config)
   config = config.replace(**{
       k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta')})
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
+        config)).check(config.overwrite)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError('overwrite', str(e)) from None
   return config, file_game
 
 
@@ -225,22 +238,56 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   algorithm = algorithms_lib.make_algorithm(config.algorithm,
                                             config.algorithm_config())
   _, run_keys = seed_keys(config)
+  writer = _MetricsStream(config) if jax.process_index() == 0 else None
+  checkpointer = None
+  resume = None
+  if config.checkpoint_every > 0:
+    checkpointer = checkpoint_lib.Checkpointer(
+        config.output_dir, dataclasses.asdict(config), config.keep_checkpoints)
+    template = jax.eval_shape(
+        jax.vmap(algorithm.init, in_axes=(0, None if shared else 0)),
+        run_keys, games)
+    resume = checkpointer.restore(template)
+    if resume is not None:
+      log(f'[{config.algorithm}] resuming from step {resume[2]} '
+          f'({checkpointer.path})')
+  first_step = 0 if resume is None else resume[2]
+  clock = {'t': time.time(), 'step': first_step}
 
   def on_eval(row):
-    log(f'[{config.algorithm}] step {int(row["step"][0]):>7d}  '
+    step = int(row['step'][0])
+    now = time.time()
+    rate = (step - clock['step']) / max(now - clock['t'], 1e-9)
+    left = (config.num_steps - step) / rate if rate > 0 else float('nan')
+    log(f'[{config.algorithm}] step {step:>7d}/{config.num_steps}  '
         f'queries {int(np.mean(row["preference_queries"])):>9d}  '
         f'kl_to_equilibrium {np.mean(row["kl_to_equilibrium"]):.3e}  '
         f'duality_gap {np.mean(row["duality_gap"]):.3e}  '
         f'exploitability {np.mean(row["exploitability"]):.3e}  '
-        f'({time.time() - start:.1f}s)')
+        f'{rate:8.0f} steps/s  ~{left:.0f}s left  ({now - start:.1f}s)')
+    if writer:
+      writer.append(row)
 
+  def on_chunk(get_state, rows, done):
+    period = config.checkpoint_every
+    if checkpointer and (done // period > (done - config.eval_every) // period
+                         or done >= config.num_steps):
+      checkpointer.save(done, get_state(), rows)
+
+  if writer:
+    writer.start(resume[1] if resume else [])
   state, rows = train_lib.train(
       algorithm, config.beta, run_keys, games, log_eq,
       num_steps=config.num_steps, eval_every=config.eval_every,
       shared_game=shared, first_seed=config.seed,
-      seed_block=config.seed_block, on_eval=on_eval,
+      seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
+      resume=resume,
       until=None if query_budget is None else
       lambda row: np.min(row['preference_queries']) >= query_budget)
+  if writer:
+    writer.close()
+  if checkpointer:
+    checkpointer.close()
   final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
                                    np.float64))
   if shared:
@@ -254,6 +301,55 @@ def metric_columns(rows) -> list[str]:
   """Column order of ``metrics.csv`` after ``seed``."""
   first = ['step', 'preference_queries'] + list(metrics_lib.METRICS)
   return first + sorted(k for k in rows[0] if k not in first)
+
+
+def _csv_records(rows, config: ExperimentConfig, columns):
+  """``metrics.csv`` records of evaluation rows, one per seed and row."""
+  for row in rows:
+    for i in range(config.num_seeds):
+      values = [np.asarray(row[c][i]).item() for c in columns]
+      yield [config.seed + i] + [repr(v) if isinstance(v, float) else v
+                                 for v in values]
+
+
+class _MetricsStream:
+  """Grows ``metrics.csv`` by one evaluation at a time during a run.
+
+  On a resume the file is rewritten from the checkpoint's rows, so rows of
+  the killed run after its last checkpoint are dropped, not duplicated. An
+  older ``summary.json`` is removed first: a directory without it is not a
+  finished result.
+  """
+
+  def __init__(self, config: ExperimentConfig):
+    self.config = config
+    self.path = os.path.join(config.output_dir, 'metrics.csv')
+    self.file = None
+    self.columns = None
+
+  def start(self, rows):
+    os.makedirs(self.config.output_dir, exist_ok=True)
+    stale = os.path.join(self.config.output_dir, 'summary.json')
+    if os.path.exists(stale):
+      os.remove(stale)
+    self.file = open(self.path, 'w', newline='')
+    self.writer = csv.writer(self.file)
+    for row in rows:
+      self.append(row)
+
+  def append(self, row):
+    if self.file is None:
+      return
+    if self.columns is None:
+      self.columns = metric_columns([row])
+      self.writer.writerow(['seed'] + self.columns)
+    self.writer.writerows(_csv_records([row], self.config, self.columns))
+    self.file.flush()
+
+  def close(self):
+    if self.file is not None:
+      self.file.close()
+      self.file = None
 
 
 def summary(results: Results) -> dict:
@@ -287,8 +383,11 @@ def _atomic_write(path, write: Callable):
 
 
 def write_results(results: Results, output_dir: str | None = None) -> None:
-  """Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy and
-  summary.json (last) into ``output_dir``."""
+  """Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy,
+  manifest.json and summary.json (last) into ``output_dir``; only process 0
+  writes."""
+  if jax.process_index() != 0:
+    return
   output_dir = output_dir or results.config.output_dir
   os.makedirs(output_dir, exist_ok=True)
   join = lambda name: os.path.join(output_dir, name)
@@ -312,11 +411,7 @@ def write_results(results: Results, output_dir: str | None = None) -> None:
     with open(tmp, 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(['seed'] + columns)
-      for row in results.rows:
-        for i in range(results.config.num_seeds):
-          values = [np.asarray(row[c][i]).item() for c in columns]
-          writer.writerow([results.config.seed + i] + [
-              repr(v) if isinstance(v, float) else v for v in values])
+      writer.writerows(_csv_records(results.rows, results.config, columns))
 
   _atomic_write(join('metrics.csv'), write_csv)
   for name, array in (('final_policy.npy', results.final_policy),
@@ -325,7 +420,50 @@ def write_results(results: Results, output_dir: str | None = None) -> None:
       with open(tmp, 'wb') as f:
         np.save(f, array)
     _atomic_write(join(name), write_npy)
+  _atomic_write(join('manifest.json'), write_json(manifest(results)))
   _atomic_write(join('summary.json'), write_json(summary(results)))
+
+
+def _git_commit() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, timeout=10,
+                         capture_output=True, text=True)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def manifest(results: Results) -> dict:
+  """Where and with what a run ran: code version, library versions, devices,
+  wall time and peak memory."""
+  from importlib import metadata
+  versions = {}
+  for name in ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint',
+               'numpy', 'scipy'):
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  device_peak = None
+  stats = devices[0].memory_stats() if hasattr(devices[0], 'memory_stats') \
+      else None
+  if stats and 'peak_bytes_in_use' in stats:
+    device_peak = int(stats['peak_bytes_in_use'])
+  return {
+      'git_commit': _git_commit(),
+      'versions': versions,
+      'python': sys.version.split()[0],
+      'device_kind': devices[0].device_kind,
+      'platform': devices[0].platform,
+      'device_count': len(devices),
+      'process_count': jax.process_count(),
+      'wall_time_s': results.wall_time,
+      'peak_host_rss_bytes': resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss * 1024,
+      'peak_device_bytes': device_peak,
+  }
 
 
 def format_table(results: Results) -> str:

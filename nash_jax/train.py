@@ -207,7 +207,9 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
           first_seed: int = 0, seed_block: int = 1,
           mesh: jax.sharding.Mesh | None = None,
           on_eval: Callable[[dict], None] | None = None,
-          until: Callable[[dict], bool] | None = None):
+          until: Callable[[dict], bool] | None = None,
+          resume: tuple | None = None,
+          on_chunk: Callable | None = None):
   """Runs every seed for ``num_steps`` steps, evaluating every ``eval_every``.
 
   Args:
@@ -228,6 +230,12 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
     until: optional stopping rule, called with each row; the run ends after
       the first evaluation where it returns True (e.g. a query budget).
+    resume: ``(state, rows, done)`` as handed to ``on_chunk``: continue a run
+      from a checkpoint instead of initializing (bit-identical to never
+      having stopped; the device count may differ).
+    on_chunk: called after each chunk as ``on_chunk(get_state, rows, done)``
+      where ``get_state()`` fetches the host copy of the real seeds' state
+      (only when called, e.g. to write a checkpoint).
 
   Returns:
     ``(final_state, rows)``: the final batched state and the list of
@@ -251,12 +259,16 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
   else:
     game, log_equilibrium = pad((game, log_equilibrium))
   num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))
-  init = make_initializer(algorithm, beta, shared_game, seed_block, mesh)
-  state, row = init(num_blocks, keys, game, log_equilibrium)
-  rows = [unpad(row)]
-  if on_eval:
-    on_eval(rows[-1])
-  done = 0
+  if resume is None:
+    init = make_initializer(algorithm, beta, shared_game, seed_block, mesh)
+    state, row = init(num_blocks, keys, game, log_equilibrium)
+    rows = [unpad(row)]
+    done = 0
+    if on_eval:
+      on_eval(rows[-1])
+  else:
+    host_state, rows, done = resume
+    state, rows = pad(host_state), list(rows)
   while done < num_steps:
     chunk = min(eval_every, num_steps - done)
     runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block,
@@ -266,6 +278,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     done += chunk
     if on_eval:
       on_eval(rows[-1])
+    if on_chunk:
+      on_chunk(lambda: unpad(state), rows, done)
     if until is not None and until(rows[-1]):
       break
   return unpad(state), rows
