@@ -66,6 +66,19 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
   flags.DEFINE_string('dtype', _D.dtype, f'Floating point type: '
                       f'{", ".join(DTYPES)}.')
   flags.DEFINE_string('output_dir', output_dir, 'Where results are written.')
+  flags.DEFINE_integer('num_devices', None, 'Devices the seed axis is '
+                       'sharded over (default: all, on every host).')
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize '
+                    'first: with no other flag it detects Slurm, Open MPI '
+                    'or a TPU pod from the environment; otherwise give '
+                    '--coordinator_address, --num_processes, --process_id. '
+                    'Only process 0 writes files and logs.')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 '
+                      '(with --distributed).')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run (with '
+                       '--distributed).')
+  flags.DEFINE_integer('process_id', None, 'This process (with '
+                       '--distributed).')
   flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every, 'Steps '
                        'between checkpoints in OUTPUT_DIR/checkpoints (0: '
                        'none). Rerunning the same command resumes.')
@@ -84,9 +97,24 @@ def config_from_flags(**overrides) -> ExperimentConfig:
   return ExperimentConfig(**values)
 
 
-def enable_precision(dtype: str) -> None:
-  """float64 needs JAX's x64 mode, switched on before any array exists."""
+def start_jax(dtype: str) -> None:
+  """Configures JAX before any array exists: float64 needs x64 mode, and
+  ``--distributed`` joins the other processes (CPU hosts talk through gloo)."""
   jax.config.update('jax_enable_x64', dtype == 'float64')
+  f = flags.FLAGS
+  if not f.distributed:
+    for name in ('coordinator_address', 'num_processes', 'process_id'):
+      if f[name].value is not None:
+        fail(f'--{name}: only used with --distributed')
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                               num_processes=f.num_processes,
+                               process_id=f.process_id)
+  except (RuntimeError, ValueError) as e:
+    fail(f'--distributed: jax.distributed.initialize failed: '
+         f'{" ".join(str(e).split())[:300]}')
 
 
 def quiet_logs() -> None:

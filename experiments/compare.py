@@ -15,6 +15,7 @@ duality gap against preference queries), and prints the table.
 import os
 import time
 
+import jax
 from absl import app, flags
 
 from experiments import common
@@ -34,7 +35,7 @@ def main(argv):
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   common.quiet_logs()
   base = common.config_from_flags()
-  common.enable_precision(base.dtype)
+  common.start_jax(base.dtype)
   budget = flags.FLAGS.query_budget
   try:
     if not flags.FLAGS.algorithms:
@@ -62,8 +63,11 @@ def main(argv):
                                    log=lambda line: None)
     experiment.write_results(results[name])
     last = results[name].rows[-1]
-    print(f'{name:<15} {results[name].wall_time:6.1f}s  '
-          f'kl_to_equilibrium {last["kl_to_equilibrium"].mean():.3e}')
+    if jax.process_index() == 0:
+      print(f'{name:<15} {results[name].wall_time:6.1f}s  '
+            f'kl_to_equilibrium {last["kl_to_equilibrium"].mean():.3e}')
+  if jax.process_index() != 0:
+    return
   table = analysis.comparison_rows(results)
   analysis.write_table(table, os.path.join(base.output_dir, 'comparison.csv'))
   title = (f'{base.game} game, n={first.num_actions}, X={first.num_contexts},'

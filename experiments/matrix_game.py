@@ -8,6 +8,7 @@ summary.json into --output_dir (see README.md), prints a progress line per
 evaluation and a final table.
 """
 
+import jax
 from absl import app, flags
 
 from experiments import common
@@ -24,15 +25,16 @@ def main(argv):
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   common.quiet_logs()
   config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
-  common.enable_precision(config.dtype)
+  common.start_jax(config.dtype)
   try:
     config, file_game = experiment.validate(config)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   results = experiment.run(config, file_game)
   experiment.write_results(results)
-  print(experiment.format_table(results))
-  print(f'wrote {config.output_dir} ({results.wall_time:.1f}s)')
+  if jax.process_index() == 0:
+    print(experiment.format_table(results))
+    print(f'wrote {config.output_dir} ({results.wall_time:.1f}s)')
 
 
 if __name__ == '__main__':

@@ -68,6 +68,7 @@ class ExperimentConfig:
   num_seeds: int = 1
   seed: int = 0
   seed_block: int = 1
+  num_devices: int | None = None
   dtype: str = 'float64'
   output_dir: str = 'results/matrix_game'
   checkpoint_every: int = 1000
@@ -140,6 +141,10 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     raise ConfigError('game_seed', f'must be in [0, 2^31 - 1], got '
                       f'{config.game_seed}')
   check_output_dir(config.output_dir)
+  if config.num_devices is not None and not (
+      1 <= config.num_devices <= jax.device_count()):
+    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
+                      f'(the devices JAX sees), got {config.num_devices}')
   file_game = None
   if config.game == 'file':
     if not config.game_file:
@@ -230,6 +235,8 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
       games and their exact solutions between several algorithms.
   """
   start = time.time()
+  if jax.process_index() != 0:
+    log = lambda line: None
   shared = shares_game(config)
   games, equilibrium = prepared or prepare(config, file_game)
   dtype = jnp.dtype(config.dtype)
@@ -268,11 +275,13 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
     if writer:
       writer.append(row)
 
+  saved = {'done': first_step}
+
   def on_chunk(get_state, rows, done):
     period = config.checkpoint_every
-    if checkpointer and (done // period > (done - config.eval_every) // period
-                         or done >= config.num_steps):
+    if checkpointer and done // period > saved['done'] // period:
       checkpointer.save(done, get_state(), rows)
+      saved['done'] = done
 
   if writer:
     writer.start(resume[1] if resume else [])
@@ -281,12 +290,17 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
       num_steps=config.num_steps, eval_every=config.eval_every,
       shared_game=shared, first_seed=config.seed,
       seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
+      mesh=train_lib.seed_mesh(config.num_devices),
       resume=resume,
       until=None if query_budget is None else
       lambda row: np.min(row['preference_queries']) >= query_budget)
   if writer:
     writer.close()
   if checkpointer:
+    # The end of a run is always saved, so that rerunning it is instant.
+    done = int(rows[-1]['step'][0])
+    if done != saved['done'] or resume is None and done == 0:
+      checkpointer.save(done, state, rows)
     checkpointer.close()
   final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
                                    np.float64))

@@ -194,6 +194,13 @@ def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
   return gather, positions
 
 
+def to_devices(array: np.ndarray, sharding) -> jax.Array:
+  """A global array from a host array that every process holds in full
+  (works across hosts, unlike ``device_put`` of a NumPy array)."""
+  return jax.make_array_from_callback(array.shape, sharding,
+                                      lambda index: array[index])
+
+
 def to_host(tree):
   """Fetches a (possibly multi-host sharded) pytree as NumPy arrays."""
   if jax.process_count() > 1:
@@ -248,14 +255,15 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
       'seeds'))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  pad = lambda tree: jax.device_put(
-      jax.tree.map(lambda x: np.asarray(x)[gather], tree), sharded)
+  pad = lambda tree: jax.tree.map(
+      lambda x: to_devices(np.asarray(x)[gather], sharded), tree)
   unpad = lambda tree: jax.tree.map(lambda x: np.asarray(x)[positions],
                                     to_host(tree))
   keys = pad(keys)
   if shared_game:
-    game, log_equilibrium = jax.device_put((game, log_equilibrium),
-                                           replicated)
+    game, log_equilibrium = jax.tree.map(
+        lambda x: to_devices(np.asarray(x), replicated),
+        (game, log_equilibrium))
   else:
     game, log_equilibrium = pad((game, log_equilibrium))
   num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))

@@ -53,8 +53,8 @@ from nash_jax.games import GENERATORS
 ROOT = Path(__file__).parents[1]
 MATRIX_GAME = 'experiments.matrix_game'
 COMPARE = 'experiments.compare'
-FILES = ['config.json', 'equilibrium.npy', 'final_policy.npy', 'metrics.csv',
-         'summary.json']
+FILES = ['checkpoints', 'config.json', 'equilibrium.npy', 'final_policy.npy',
+         'manifest.json', 'metrics.csv', 'summary.json']
 METRIC_HEADER = ['seed', 'step', 'preference_queries', 'kl_to_equilibrium',
                  'duality_gap', 'exploitability', 'fixed_point_residual',
                  'win_rate_vs_ref']
@@ -318,6 +318,10 @@ def _null_to_nan(obj):
   return obj
 
 
+def rows_last_step(out: Path) -> str:
+  return (out / 'metrics.csv').read_text().splitlines()[-1].split(',')[1]
+
+
 def read_json(path: Path, null_is_nan: bool = False):
   """Reads strict JSON; in summaries NaN is written as null, read as NaN."""
   text = path.read_text()
@@ -370,6 +374,9 @@ def check_layout(out: Path, context_weights=None, tol=1e-9) -> Layout:
   (``rho`` uniform unless ``context_weights``).
   """
   assert sorted(os.listdir(out)) == FILES  # No *.tmp left over.
+  # The final step is always checkpointed (rerunning resumes, finished).
+  last_step = int(rows_last_step(out))
+  assert (out / 'checkpoints' / str(last_step)).is_dir()
   config = read_json(out / 'config.json')
   num_seeds, seed = config['num_seeds'], config['seed']
   shape = (num_seeds, config['num_contexts'], config['num_actions'])
@@ -486,7 +493,8 @@ def test_matrix_game_every_algorithm(runner, algorithm):
 
   progress = [line for line in run.stdout.splitlines()
               if line.startswith(f'[{algorithm}] step')]
-  assert [int(line.split()[2]) for line in progress] == steps, run.stdout
+  assert [int(line.split()[2].split('/')[0]) for line in progress] == steps, (
+      run.stdout)
   table = run.stdout.splitlines()
   mean = [line for line in table if line.lstrip().startswith('mean')]
   assert len(mean) == 1, run.stdout
@@ -887,12 +895,14 @@ def test_bad_input_leaves_an_existing_result_alone(runner, tmp_path):
   _, done = runner.get('single/nash_mp')
   out = tmp_path / 'out'
   shutil.copytree(done, out)
-  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  snapshot = lambda: {str(p.relative_to(out)): p.read_bytes()
+                      for p in out.rglob('*') if p.is_file()}
+  before = snapshot()
   run = runner.run(MATRIX_GAME, [f'--output_dir={out}', *MG_TINY,
                                  '--beta=-1'])
   assert run.returncode == 2, run.describe()
   assert run.stderr.count('error: --beta') == 1, run.describe()
-  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  assert snapshot() == before
   empty = tmp_path / 'empty'
   empty.mkdir()
   run = runner.run(MATRIX_GAME, [f'--output_dir={empty}', *MG_TINY,
@@ -916,7 +926,8 @@ def test_real_process_matches_forked_run(runner, tmp_path):
   assert np.array_equal(real.final_policy, other.final_policy)
   assert np.array_equal(real.equilibrium, other.equilibrium)
   assert real.config == dict(other.config, output_dir=str(out))
-  strip = lambda text: [re.sub(r'\(\d+\.\d+s\)', '', line)
+  strip = lambda text: [re.sub(r'\(\d+\.\d+s\)|\s*\d+ steps/s +~\S+ left', '',
+                               line)
                         for line in text.replace(str(out), 'OUT').replace(
                             str(forked), 'OUT').splitlines()]
   assert strip(run.stdout) == strip(forked_run.stdout)
