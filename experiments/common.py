@@ -84,6 +84,9 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
                        'none). Rerunning the same command resumes.')
   flags.DEFINE_integer('keep_checkpoints', _D.keep_checkpoints,
                        'Checkpoints kept (the newest).')
+  flags.DEFINE_bool('tensorboard', _D.tensorboard, 'Also write TensorBoard '
+                    'event files, one run per seed, in '
+                    'OUTPUT_DIR/tensorboard/seed_<s> (needs tensorboardX).')
   flags.DEFINE_bool('overwrite', _D.overwrite, 'Delete checkpoints of a run '
                     'with other settings (or any checkpoints) and start over.')
 

@@ -74,6 +74,7 @@ class ExperimentConfig:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   overwrite: bool = False
+  tensorboard: bool = False
 
   def replace(self, **kwargs) -> 'ExperimentConfig':
     return dataclasses.replace(self, **kwargs)
@@ -141,6 +142,12 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     raise ConfigError('game_seed', f'must be in [0, 2^31 - 1], got '
                       f'{config.game_seed}')
   check_output_dir(config.output_dir)
+  if config.tensorboard:
+    try:
+      import tensorboardX  # noqa: F401
+    except ImportError:
+      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
+                        'install "nash_jax[tensorboard]"') from None
   if config.num_devices is not None and not (
       1 <= config.num_devices <= jax.device_count()):
     raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
@@ -261,8 +268,13 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   first_step = 0 if resume is None else resume[2]
   clock = {'t': time.time(), 'step': first_step}
 
+  boards = _TensorBoard(config) if (
+      config.tensorboard and jax.process_index() == 0) else None
+
   def on_eval(row):
     step = int(row['step'][0])
+    if boards:
+      boards.add(row)
     now = time.time()
     rate = (step - clock['step']) / max(now - clock['t'], 1e-9)
     left = (config.num_steps - step) / rate if rate > 0 else float('nan')
@@ -296,6 +308,8 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
       lambda row: np.min(row['preference_queries']) >= query_budget)
   if writer:
     writer.close()
+  if boards:
+    boards.close()
   if checkpointer:
     # The end of a run is always saved, so that rerunning it is instant.
     done = int(rows[-1]['step'][0])
@@ -364,6 +378,29 @@ class _MetricsStream:
     if self.file is not None:
       self.file.close()
       self.file = None
+
+
+class _TensorBoard:
+  """One TensorBoard run per seed, ``output_dir/tensorboard/seed_<s>``, so
+  that seeds are separate curves; every metric column is a scalar against
+  the step."""
+
+  def __init__(self, config: ExperimentConfig):
+    from tensorboardX import SummaryWriter
+    root = os.path.join(config.output_dir, 'tensorboard')
+    self.seeds = range(config.seed, config.seed + config.num_seeds)
+    self.writers = [SummaryWriter(os.path.join(root, f'seed_{s}'))
+                    for s in self.seeds]
+
+  def add(self, row):
+    step = int(row['step'][0])
+    for name in metric_columns([row])[1:]:
+      for i, writer in enumerate(self.writers):
+        writer.add_scalar(name, float(row[name][i]), step)
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
 
 
 def summary(results: Results) -> dict:
