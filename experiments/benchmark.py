@@ -75,11 +75,15 @@ def _time(fn, target):
   return best
 
 
-def _trainer_rate(n, num_seeds, seed_block, steps):
-  game = _game(n)
+def _setup(n, num_seeds):
+  """Shared game, its (unused, uniform) reference, Nash-MP and seed keys."""
   log_eq = jnp.full((1, n), -jnp.log(float(n)), jnp.float32)
-  alg = _algorithm()
   keys = jax.random.split(jax.random.PRNGKey(1), num_seeds)
+  return _game(n), log_eq, _algorithm(), keys
+
+
+def _trainer_rate(n, num_seeds, seed_block, steps):
+  game, log_eq, alg, keys = _setup(n, num_seeds)
 
   def run():
     state, _ = train.train(alg, BETA, keys, game, log_eq, num_steps=steps,
@@ -90,10 +94,7 @@ def _trainer_rate(n, num_seeds, seed_block, steps):
 
 
 def _loop_rate(n, num_seeds, steps):
-  game = _game(n)
-  log_eq = jnp.full((1, n), -jnp.log(float(n)), jnp.float32)
-  alg = _algorithm()
-  keys = jax.random.split(jax.random.PRNGKey(1), num_seeds)
+  game, log_eq, alg, keys = _setup(n, num_seeds)
 
   def run():
     for i in range(num_seeds):

@@ -313,7 +313,7 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   if checkpointer:
     # The end of a run is always saved, so that rerunning it is instant.
     done = int(rows[-1]['step'][0])
-    if done != saved['done'] or resume is None and done == 0:
+    if done != saved['done']:
       checkpointer.save(done, state, rows)
     checkpointer.close()
   final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),

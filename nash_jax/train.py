@@ -278,7 +278,9 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     host_state, rows, done = resume
     state, rows = pad(host_state), list(rows)
   while done < num_steps:
-    chunk = min(eval_every, num_steps - done)
+    # Evaluations stay on multiples of eval_every, also after a resume from
+    # the end of a shorter run.
+    chunk = min(eval_every - done % eval_every, num_steps - done)
     runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block,
                                mesh)
     state, row = runner(num_blocks, state, game, log_equilibrium)
