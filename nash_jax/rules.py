@@ -103,3 +103,38 @@ def online_ipo_loss(logits, preferences, log_ref, context_weights, beta):
   pair_weights = weights[:, :, None] * weights[:, None, :]
   per_context = jnp.sum(pair_weights * (h - target) ** 2, axis=(-1, -2))
   return jnp.sum(context_weights * per_context)
+
+
+# Sampled estimators (ALGORITHMS.md section 4): per-sample losses on the
+# log-probabilities of sampled responses, so any policy class (tabular,
+# log-linear, a language model summing token log-probabilities) can use them;
+# batching is left to vmap / a mean over the batch.
+
+
+def online_ipo_sample_loss(log_prob_y, log_prob_y_prime, log_ref_y,
+                           log_ref_y_prime, outcome, beta):
+  """Online IPO on one comparison: ``(h - (o - 1/2) / beta)^2``.
+
+  ``h = log pi(y)/pi(y') - log pi_ref(y)/pi_ref(y')`` with ``y, y' ~ sg pi``
+  and ``o`` the preference outcome (Bernoulli or ``P(y > y')`` itself). Its
+  expectation differs from :func:`online_ipo_loss` by a constant, so its
+  gradient is an unbiased estimate of the exact one (tested).
+  """
+  chex.assert_equal_shape([log_prob_y, log_prob_y_prime, log_ref_y,
+                           log_ref_y_prime, outcome])
+  h = (log_prob_y - log_ref_y) - (log_prob_y_prime - log_ref_y_prime)
+  return (h - (outcome - 0.5) / beta) ** 2
+
+
+def self_play_pg_sample_loss(log_prob_y, log_ref_y, outcome, baseline, beta):
+  """REINFORCE surrogate of self-play PG on one sample (to be minimized).
+
+  ``-(sg[o - beta log(pi(y)/pi_ref(y))] - b) log pi(y)`` with ``y ~ sg pi``,
+  ``o`` the outcome of ``y`` against ``y' ~ sg pi`` (``E[o | y] = g_pi(y)``)
+  and ``b`` a baseline that does not depend on ``y``. Its gradient is an
+  unbiased estimate of ``-grad S`` (tested).
+  """
+  chex.assert_equal_shape([log_prob_y, log_ref_y, outcome])
+  advantage = jax.lax.stop_gradient(
+      outcome - beta * (log_prob_y - log_ref_y)) - baseline
+  return -advantage * log_prob_y
