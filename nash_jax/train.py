@@ -278,6 +278,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
   else:
     host_state, rows, done = resume
     state, rows = pad(host_state), list(rows)
+    if until is not None and until(rows[-1]):
+      done = num_steps  # The resumed run had already stopped.
   while done < num_steps:
     # Evaluations stay on multiples of eval_every, also after a resume from
     # the end of a shorter run.

@@ -126,3 +126,27 @@ def test_sweep_over_traced_beta_and_eta_matches_separate_runs():
   for i, beta in enumerate(betas):
     np.testing.assert_allclose(swept[i], final_policy(float(beta)),
                                rtol=0, atol=1e-12)
+
+
+def test_resume_continues_bit_identically_and_respects_until():
+  alg, keys, games, log_eq = _setup('omwu')
+  saved = {}
+
+  def keep(get_state, rows, done):
+    if done == 10:
+      saved['resume'] = (get_state(), list(rows), done)
+
+  full_state, full_rows = _run(alg, keys, games, log_eq, 0, 1, num_steps=20)
+  train.train(alg, 0.1, keys, games, log_eq, num_steps=20, eval_every=5,
+              shared_game=False, on_chunk=keep)
+  state, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=20,
+                            eval_every=5, shared_game=False,
+                            resume=saved['resume'])
+  jax.tree.map(np.testing.assert_array_equal, state, full_state)
+  assert len(rows) == len(full_rows)
+  # A run that had stopped on its rule does not take another chunk.
+  stop = lambda r: np.min(r['preference_queries']) >= 10
+  _, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=20,
+                        eval_every=5, shared_game=False,
+                        resume=saved['resume'], until=stop)
+  assert [int(r['step'][0]) for r in rows] == [0, 5, 10]
