@@ -138,3 +138,59 @@ def self_play_pg_sample_loss(log_prob_y, log_ref_y, outcome, baseline, beta):
   advantage = jax.lax.stop_gradient(
       outcome - beta * (log_prob_y - log_ref_y)) - baseline
   return -advantage * log_prob_y
+
+
+def leave_one_out_baseline(values: chex.Array) -> chex.Array:
+  """Per sample, the mean of the *other* samples' values (``[B]``).
+
+  A baseline that does not depend on its own sample keeps REINFORCE
+  unbiased; with one sample it is 0.
+  """
+  chex.assert_rank(values, 1)
+  values = jax.lax.stop_gradient(values)
+  num = values.shape[0]
+  if num == 1:
+    return jnp.zeros_like(values)
+  return (jnp.sum(values) - values) / (num - 1)
+
+
+def nash_prox_sample_loss(log_prob_y, log_prob_y_prime, log_ref_y,
+                          log_ref_y_prime, log_anchor_y, log_anchor_y_prime,
+                          outcome, beta, eta):
+  """Proximal-point self-play in IPO form on one comparison (Nash Prox).
+
+  ``(h - lambda (o - 1/2))^2`` with ``y, y' ~ sg pi_theta`` and
+  ``h = log pi(y)/pi(y') - kappa log pi_ref(y)/pi_ref(y')
+  - (1 - kappa) log pi_k(y)/pi_k(y')``, ``kappa = eta / (1 + eta)``,
+  ``lambda = eta / (beta (1 + eta))`` (ALGORITHMS.md section 4). It is the
+  online IPO loss of the prox game (reference ``pi_ref^kappa pi_k^(1-kappa)``,
+  strength ``1 / lambda``), whose stationary point is the proximal-point
+  step. With the anchor ``pi_k = sg pi_theta`` its gradient is ``kappa``
+  times that of :func:`online_ipo_sample_loss`.
+  """
+  chex.assert_equal_shape([log_prob_y, log_prob_y_prime, log_ref_y,
+                           log_ref_y_prime, log_anchor_y, log_anchor_y_prime,
+                           outcome])
+  kappa, lam = prox_coefficients(eta, beta)
+  h = ((log_prob_y - log_prob_y_prime) -
+       kappa * (log_ref_y - log_ref_y_prime) -
+       (1 - kappa) * (log_anchor_y - log_anchor_y_prime))
+  return (h - lam * (outcome - 0.5)) ** 2
+
+
+def prox_pg_sample_loss(log_prob_y, log_ref_y, log_anchor_y, outcome,
+                        baseline, beta, eta):
+  """REINFORCE surrogate of one approximate Nash-MP half step (minimized).
+
+  The half step maximizes ``P(pi_theta > opponent) - beta KL(pi_theta ||
+  pi_ref) - (beta / eta) KL(pi_theta || pi_k)``, whose maximizer is
+  ``pi ∝ pi_ref^kappa pi_k^(1-kappa) exp(lambda g_opponent)``. With
+  ``y ~ sg pi_theta`` and ``o`` its outcome against ``y' ~ opponent``, the
+  gradient of ``-(sg[o - beta log pi/pi_ref - (beta/eta) log pi/pi_k] - b)
+  log pi(y)`` is an unbiased estimate of minus that objective's gradient.
+  """
+  chex.assert_equal_shape([log_prob_y, log_ref_y, log_anchor_y, outcome])
+  advantage = jax.lax.stop_gradient(
+      outcome - beta * (log_prob_y - log_ref_y) -
+      (beta / eta) * (log_prob_y - log_anchor_y)) - baseline
+  return -advantage * log_prob_y

@@ -50,7 +50,7 @@ def evaluate_state(algorithm: Algorithm, state: PolicyState, game: Game, beta,
                    log_equilibrium, info) -> dict:
   """Metrics row of one seed: counters, exact metrics and the last step info."""
   row = {'step': state.step, 'preference_queries': state.preference_queries}
-  row.update(metrics_lib.evaluate(algorithm.log_policy(state), game, beta,
+  row.update(metrics_lib.evaluate(algorithm.log_policy(state, game), game, beta,
                                   log_equilibrium))
   row.update(info)
   return row

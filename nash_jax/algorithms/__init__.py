@@ -1,6 +1,9 @@
 """Registry of NLHF algorithms: construction, defaults and validation.
 
-``make_algorithm(name, config)`` builds an :class:`Algorithm`;
+Two registries: ``ALGORITHMS`` (``mode='exact'``: expectations over a tabular
+game) and ``SAMPLED_ALGORITHMS`` (``mode='sampled'``: sampled comparisons,
+any policy class). ``make_algorithm(name, config)`` builds an
+:class:`Algorithm` for ``config.mode``;
 ``resolve_config`` fills in each algorithm's default step sizes and
 ``validate_config`` refuses settings that make an update invalid, with a
 :class:`ConfigError` naming the flag. Both run on Python numbers before any
@@ -13,10 +16,15 @@ import dataclasses
 import math
 from typing import Callable
 
-from nash_jax.algorithms import policy_space, softmax_pg
+from nash_jax import policies
+from nash_jax.algorithms import policy_space, sampled, softmax_pg
 from nash_jax.algorithms.base import (
+  ANCHORS,
   INITS,
+  MODES,
   OPTIMIZERS,
+  ORACLES,
+  SCHEDULES,
   Algorithm,
   AlgorithmConfig,
   ConfigError,
@@ -96,11 +104,45 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
-def _spec(name) -> AlgorithmSpec:
-  if name not in ALGORITHMS:
+def _sampled(name):
+  return lambda config: sampled.SAMPLED_MAKERS[name](
+      config, policies.make_policy(config.policy, config))
+
+
+# Sampled mode: every comparison is one query, batch_size per step.
+SAMPLED_ALGORITHMS: dict[str, AlgorithmSpec] = {
+    'online_ipo': AlgorithmSpec(_sampled('online_ipo'), None, None, True,
+                                True, 'batch_size'),
+    'self_play_pg': AlgorithmSpec(_sampled('self_play_pg'), None, None, False,
+                                  True, 'batch_size'),
+    'nash_prox': AlgorithmSpec(_sampled('nash_prox'), lambda b: 1.0, None,
+                               True, True, 'batch_size'),
+    'approx_nash_mp': AlgorithmSpec(_sampled('approx_nash_mp'),
+                                    lambda b: 2 * b, None, True, True,
+                                    'batch_size'),
+    'nash_md_pg': AlgorithmSpec(_sampled('nash_md_pg'), None, None, False,
+                                True, 'batch_size'),
+}
+
+SAMPLED_ALGORITHM_NAMES = tuple(SAMPLED_ALGORITHMS)
+ALL_ALGORITHM_NAMES = tuple(dict.fromkeys(ALGORITHM_NAMES +
+                                          SAMPLED_ALGORITHM_NAMES))
+
+
+def _spec(name, mode='exact') -> AlgorithmSpec:
+  if mode not in MODES:
+    raise ConfigError('mode', f'unknown mode {mode!r}; expected one of '
+                      f'{", ".join(MODES)}')
+  registry = ALGORITHMS if mode == 'exact' else SAMPLED_ALGORITHMS
+  if name not in registry:
+    other = SAMPLED_ALGORITHMS if mode == 'exact' else ALGORITHMS
+    if name in other:
+      raise ConfigError('mode', f'{name} runs only with --mode='
+                        f'{"sampled" if mode == "exact" else "exact"} (with '
+                        f'--mode={mode}: {", ".join(registry)})')
     raise ConfigError('algorithm', f'unknown algorithm {name!r}; expected one '
-                      f'of {", ".join(ALGORITHMS)}')
-  return ALGORITHMS[name]
+                      f'of {", ".join(ALL_ALGORITHM_NAMES)}')
+  return registry[name]
 
 
 def default_learning_rate(name, beta, optimizer, num_contexts):
@@ -123,22 +165,49 @@ def default_learning_rate(name, beta, optimizer, num_contexts):
   return lr * beta / 4 if name == 'online_ipo' else lr
 
 
+def default_sampled_learning_rate(name, beta, optimizer, num_contexts):
+  """Default optax learning rate of a sampled algorithm.
+
+  ``sgd``: a quarter of the exact-mode rate, ``num_contexts / (4 (beta +
+  1/4))`` for the policy-gradient forms (``self_play_pg``, ``nash_md_pg``,
+  ``approx_nash_mp``), times ``beta / 4`` for the IPO forms (``online_ipo``,
+  ``nash_prox``), whose gradients are ``4 / beta`` times larger. Noise sets a
+  KL floor about proportional to the rate: on random games (n = 20,
+  beta = 0.1, batch 64, tabular) the full exact rate left online IPO at a
+  median KL of 1.2e-2, a quarter of it at 3e-3. ``adam``: 0.01.
+  """
+  if optimizer == 'adam':
+    return 0.01
+  lr = num_contexts / (4 * (beta + 0.25))
+  if name in ('online_ipo', 'nash_prox'):
+    lr *= beta / 4
+  return lr
+
+
 def resolve_config(name: str, config: AlgorithmConfig,
                    num_contexts: int = 1) -> AlgorithmConfig:
-  """Fills in the defaults of ``eta``, ``learning_rate`` and ``inner_eta``.
+  """Fills in the defaults of ``eta``, ``learning_rate``, ``inner_steps``
+  and ``inner_eta``.
 
   A ``beta`` that :func:`validate_config` will refuse (negative or not finite)
   gets no defaults, so that the refusal names ``--beta``.
   """
-  spec = _spec(name)
+  spec = _spec(name, config.mode)
+  if config.inner_steps is None and name in ('proximal_point',
+                                             'approx_nash_mp'):
+    config = config.replace(inner_steps=0 if config.mode == 'exact' else 10)
   if not (math.isfinite(config.beta) and config.beta >= 0):
     return config
   updates = {}
   if config.eta is None and spec.default_eta is not None:
     updates['eta'] = float(spec.default_eta(config.beta))
   if spec.parameter_space and config.learning_rate is None:
-    updates['learning_rate'] = float(default_learning_rate(
-        name, config.beta, config.optimizer, num_contexts))
+    if config.mode == 'exact':
+      updates['learning_rate'] = float(default_learning_rate(
+          name, config.beta, config.optimizer, num_contexts))
+    elif config.optimizer in OPTIMIZERS:
+      updates['learning_rate'] = float(default_sampled_learning_rate(
+          name, config.beta, config.optimizer, num_contexts))
   config = config.replace(**updates)
   if (name == 'proximal_point' and config.inner_eta is None and
       config.beta > 0 and config.eta > 0):
@@ -152,11 +221,48 @@ def _finite(flag, value):
     raise ConfigError(flag, f'must be a finite number, got {value}')
 
 
+def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
+  """The checks of the sampled mode's settings."""
+  if config.policy not in policies.POLICIES:
+    raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
+                      f'one of {", ".join(policies.POLICIES)}')
+  if config.batch_size < 1:
+    raise ConfigError('batch_size', f'must be >= 1, got {config.batch_size}')
+  if config.oracle not in ORACLES:
+    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
+                      f'one of {", ".join(ORACLES)}')
+  if name == 'nash_prox':
+    if config.anchor not in ANCHORS:
+      raise ConfigError('anchor', f'unknown anchor {config.anchor!r}; '
+                        f'expected one of {", ".join(ANCHORS)}')
+    if config.anchor_every < 1:
+      raise ConfigError('anchor_every',
+                        f'must be >= 1, got {config.anchor_every}')
+    if not 0 < config.anchor_tau <= 1:
+      raise ConfigError('anchor_tau', f'must be in (0, 1], got '
+                        f'{config.anchor_tau}')
+  if name == 'approx_nash_mp' and config.inner_steps < 1:
+    raise ConfigError('inner_steps', f'approx_nash_mp needs >= 1 policy-'
+                      f'gradient steps per half step, got {config.inner_steps}')
+  if name == 'nash_md_pg' and not 0 <= config.mixture <= 1:
+    raise ConfigError('mixture', f'must be in [0, 1], got {config.mixture}')
+  if config.max_grad_norm is not None and not config.max_grad_norm > 0:
+    raise ConfigError('max_grad_norm', f'must be > 0, got '
+                      f'{config.max_grad_norm}')
+  if config.policy == 'mlp' and (not config.hidden_sizes or
+                                 min(config.hidden_sizes) < 1):
+    raise ConfigError('hidden_sizes', f'must be positive widths, got '
+                      f'{list(config.hidden_sizes)}')
+
+
 def validate_config(name: str, config: AlgorithmConfig) -> None:
   """Raises :class:`ConfigError` for settings ``name`` cannot run with."""
-  spec = _spec(name)
+  spec = _spec(name, config.mode)
+  if config.mode == 'exact' and config.policy != 'tabular':
+    raise ConfigError('policy', f'{config.policy} policies need --mode='
+                      'sampled (the exact mode updates tabular policies)')
   for flag in ('beta', 'eta', 'learning_rate', 'inner_eta', 'inner_tolerance',
-               'init_scale'):
+               'init_scale', 'anchor_tau', 'mixture', 'max_grad_norm'):
     _finite(flag, getattr(config, flag))
   if config.beta < 0:
     raise ConfigError('beta', f'must be >= 0, got {config.beta}')
@@ -180,11 +286,20 @@ def validate_config(name: str, config: AlgorithmConfig) -> None:
     if config.learning_rate is None or config.learning_rate <= 0:
       raise ConfigError('learning_rate',
                         f'must be > 0, got {config.learning_rate}')
+    if config.schedule not in SCHEDULES:
+      raise ConfigError('schedule', f'unknown schedule {config.schedule!r}; '
+                        f'expected one of {", ".join(SCHEDULES)}')
+    if config.schedule == 'cosine' and (config.decay_steps is None or
+                                        config.decay_steps < 1):
+      raise ConfigError('decay_steps', f'must be >= 1 with --schedule=cosine,'
+                        f' got {config.decay_steps}')
   if config.init not in INITS:
     raise ConfigError('init', f'unknown initial policy {config.init!r}; '
                       f'expected one of {", ".join(INITS)}')
   if config.init_scale < 0:
     raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
+  if config.mode == 'sampled':
+    _validate_sampled(name, config)
   if name == 'proximal_point':
     if config.inner_steps < 0:
       raise ConfigError('inner_steps', f'must be >= 0 (0 solves to '
@@ -205,12 +320,15 @@ def validate_config(name: str, config: AlgorithmConfig) -> None:
 
 
 def make_algorithm(name: str, config: AlgorithmConfig) -> Algorithm:
-  """Builds algorithm ``name`` from a resolved, validated config."""
-  return _spec(name).make(config)
+  """Builds algorithm ``name`` of ``config.mode`` from a resolved, validated
+  config."""
+  return _spec(name, config.mode).make(config)
 
 
 __all__ = [
-    'ALGORITHMS', 'ALGORITHM_NAMES', 'Algorithm', 'AlgorithmConfig',
-    'AlgorithmSpec', 'ConfigError', 'PolicyState', 'make_algorithm',
+    'ALGORITHMS', 'ALGORITHM_NAMES', 'ALL_ALGORITHM_NAMES', 'Algorithm',
+    'AlgorithmConfig', 'AlgorithmSpec', 'ConfigError', 'PolicyState',
+    'SAMPLED_ALGORITHMS', 'SAMPLED_ALGORITHM_NAMES', 'make_algorithm',
     'resolve_config', 'validate_config', 'default_learning_rate',
+    'default_sampled_learning_rate',
 ]

@@ -29,7 +29,8 @@ def _g(game: Game, log_policy):
   return win_rates(game.preferences, jnp.exp(log_policy))
 
 
-def _log_policy(state: PolicyState):
+def _log_policy(state: PolicyState, game: Game = None):
+  del game
   return state.params
 
 
@@ -182,7 +183,7 @@ def make_proximal_point(config: AlgorithmConfig) -> Algorithm:
   def step(state: PolicyState, game: Game):
     log_anchor = state.params
     log_prox_ref = rules.prox_reference(log_anchor, game.log_ref_policy, eta)
-    if config.inner_steps > 0:
+    if (config.inner_steps or 0) > 0:
       def body(_, log_pi):
         return inner_update(log_pi, log_prox_ref, _g(game, log_pi))
       new = jax.lax.fori_loop(0, config.inner_steps, body, log_anchor)

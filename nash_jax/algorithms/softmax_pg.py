@@ -22,15 +22,10 @@ from nash_jax.algorithms.base import (
   PolicyState,
   advance,
   initial_log_policy,
+  make_optimizer,
   new_state,
 )
 from nash_jax.games.core import Game
-
-
-def make_optimizer(config: AlgorithmConfig) -> optax.GradientTransformation:
-  """The optax optimizer; its learning rate is injected (traceable)."""
-  factory = {'sgd': optax.sgd, 'adam': optax.adam}[config.optimizer]
-  return optax.inject_hyperparams(factory)(learning_rate=config.learning_rate)
 
 
 def _make(name, config: AlgorithmConfig, loss_fn) -> Algorithm:
@@ -50,7 +45,8 @@ def _make(name, config: AlgorithmConfig, loss_fn) -> Algorithm:
     params = optax.apply_updates(state.params, updates)
     return advance(state, params, opt_state, 1), {'loss': loss}
 
-  return Algorithm(name, init, step, lambda s: rules.normalize(s.params))
+  return Algorithm(name, init, step,
+                   lambda s, game=None: rules.normalize(s.params))
 
 
 def make_self_play_pg(config: AlgorithmConfig) -> Algorithm:

@@ -9,4 +9,9 @@ from nash_jax.games.core import (
     win_rates,
 )
 from nash_jax.games.files import GameFileError, load_game
-from nash_jax.games.generators import GENERATORS, REF_POLICIES, generate_game
+from nash_jax.games.generators import (
+    FEATURE_GAMES,
+    GENERATORS,
+    REF_POLICIES,
+    generate_game,
+)

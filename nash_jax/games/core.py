@@ -23,11 +23,16 @@ class Game:
     context_weights: ``[X]``, the context distribution ``rho`` (sums to 1).
     ref_policy: ``[X, n]``, the reference policy ``pi_ref`` (rows sum to 1,
       strictly positive).
+    features: ``[X, n, d]`` response features ``phi(x, y)`` that parametrized
+      policies (log-linear, MLP) read, or ``None``.
+    context_features: ``[X, d]`` context embeddings ``psi(x)``, or ``None``.
   """
 
   preferences: chex.Array
   context_weights: chex.Array
   ref_policy: chex.Array
+  features: chex.Array | None = None
+  context_features: chex.Array | None = None
 
   @property
   def num_contexts(self) -> int:
@@ -40,6 +45,10 @@ class Game:
   @property
   def log_ref_policy(self) -> chex.Array:
     return jnp.log(self.ref_policy)
+
+  @property
+  def feature_dim(self) -> int:
+    return 0 if self.features is None else self.features.shape[-1]
 
 
 def win_rates(preferences: chex.Array, policy: chex.Array) -> chex.Array:
@@ -75,11 +84,12 @@ def expectation(game: Game, per_context: chex.Array) -> chex.Array:
 
 
 def make_game(preferences, ref_policy=None, context_weights=None,
-              dtype=None) -> Game:
+              dtype=None, features=None, context_features=None) -> Game:
   """Builds a :class:`Game`, filling in uniform ``pi_ref`` and ``rho``.
 
   Accepts preferences of shape ``[n, n]`` (one context) or ``[X, n, n]``.
-  No validation happens here; see :mod:`nash_jax.games.files` for checks on
+  ``features`` (``[X, n, d]``) and ``context_features``
+  (``[X, d]``) are optional. No validation happens here; see :mod:`nash_jax.games.files` for checks on
   user-provided data.
   """
   preferences = jnp.asarray(preferences, dtype=dtype)
@@ -95,8 +105,10 @@ def make_game(preferences, ref_policy=None, context_weights=None,
   if context_weights is None:
     context_weights = jnp.full((num_contexts,), 1.0 / num_contexts, dtype)
   context_weights = jnp.asarray(context_weights, dtype)
+  as_array = lambda a: None if a is None else jnp.asarray(a, dtype)
   return Game(preferences=preferences, context_weights=context_weights,
-              ref_policy=ref_policy)
+              ref_policy=ref_policy, features=as_array(features),
+              context_features=as_array(context_features))
 
 
 def stack_games(games) -> Game:

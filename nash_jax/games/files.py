@@ -4,7 +4,9 @@ Accepted formats:
 
 * ``.npy``: preferences only, ``[n, n]`` (one context) or ``[X, n, n]``.
 * ``.npz``: ``preferences`` (as above), optional ``ref_policy`` (``[n]`` or
-  ``[X, n]``) and ``context_weights`` (``[X]``).
+  ``[X, n]``), ``context_weights`` (``[X]``), and for parametrized policies
+  ``features`` (``[X, n, d]``, response features ``phi(x, y)``) with optional
+  ``context_features`` (``[X, d]``; zeros if absent).
 
 Every check raises :class:`GameFileError` with one line naming the file and what
 is wrong, before any work starts.
@@ -85,6 +87,20 @@ def _validate_distribution(path, name, array, shape):
   return array.astype(np.float64)
 
 
+NPZ_ARRAYS = ('preferences', 'ref_policy', 'context_weights', 'features',
+              'context_features')
+
+
+def _validate_real(path, name, array, ndim):
+  if (not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) or
+      not np.all(np.isfinite(array))):
+    _fail(path, f'{name} must hold finite real numbers')
+  if array.ndim != ndim or array.shape[-1] < 1:
+    _fail(path, f'{name} must have {ndim} axes with d >= 1, got shape '
+          f'{list(array.shape)}')
+  return array.astype(np.float64)
+
+
 def load_game(path: str, dtype=None) -> Game:
   """Reads and validates a game file; see the module docstring for formats."""
   if not os.path.exists(path):
@@ -95,21 +111,23 @@ def load_game(path: str, dtype=None) -> Game:
     loaded = np.load(path, allow_pickle=False)
   except Exception as e:  # noqa: BLE001 - any reader failure is the file's.
     _fail(path, f'cannot be read as .npy or .npz ({_one_line(e)})')
-  ref_policy = context_weights = None
+  ref_policy = context_weights = features = context_features = None
   if isinstance(loaded, np.lib.npyio.NpzFile):
     with loaded:
       keys = set(loaded.files)
-      unknown = keys - {'preferences', 'ref_policy', 'context_weights'}
+      unknown = keys - set(NPZ_ARRAYS)
       if 'preferences' not in keys:
         _fail(path, f'.npz has no "preferences" array (has {sorted(keys)})')
       if unknown:
         _fail(path, f'.npz has unknown arrays {sorted(unknown)}; expected '
-              'preferences, ref_policy, context_weights')
+              f'{", ".join(NPZ_ARRAYS)}')
       try:
         preferences = loaded['preferences']
-        ref_policy = loaded['ref_policy'] if 'ref_policy' in keys else None
-        context_weights = (loaded['context_weights']
-                           if 'context_weights' in keys else None)
+        get = lambda name: loaded[name] if name in keys else None
+        ref_policy = get('ref_policy')
+        context_weights = get('context_weights')
+        features = get('features')
+        context_features = get('context_features')
       except Exception as e:  # noqa: BLE001 - any reader failure is the file's.
         _fail(path, f'cannot be read ({_one_line(e)})')
   else:
@@ -124,5 +142,20 @@ def load_game(path: str, dtype=None) -> Game:
   if context_weights is not None:
     context_weights = _validate_distribution(
         path, 'context_weights', np.asarray(context_weights), [num_contexts])
+  if context_features is not None and features is None:
+    _fail(path, 'context_features given without features')
+  if features is not None:
+    features = _validate_real(path, 'features', np.asarray(features), 3)
+    if list(features.shape[:2]) != [num_contexts, num_actions]:
+      _fail(path, f'features must have shape [{num_contexts}, {num_actions}, '
+            f'd], got {list(features.shape)}')
+    if context_features is None:
+      context_features = np.zeros((num_contexts, features.shape[-1]))
+    context_features = _validate_real(path, 'context_features',
+                                      np.asarray(context_features), 2)
+    if context_features.shape[0] != num_contexts:
+      _fail(path, f'context_features must have shape [{num_contexts}, d], got'
+            f' {list(context_features.shape)}')
   return make_game(preferences, ref_policy=ref_policy,
-                   context_weights=context_weights, dtype=dtype)
+                   context_weights=context_weights, dtype=dtype,
+                   features=features, context_features=context_features)

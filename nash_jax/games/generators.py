@@ -3,6 +3,14 @@
 Every generator returns a :class:`~nash_jax.games.core.Game` with
 ``P + P^T = 1`` exactly (the upper triangle is built from the lower one), uniform
 context weights and a uniform or Dirichlet-random reference policy.
+
+Every generated game also carries Gaussian response features
+``phi(x, y) ~ N(0, I_d)`` and context features ``psi(x) ~ N(0, I_d)`` for the
+parametrized policies (``feature_dim = d``; 0 for none). They are drawn from a
+key folded off the game's key, so adding them leaves the preferences as they
+were. In most families the preferences ignore them; in ``annotators`` the
+preferences are functions of ``phi``, so that a policy sharing parameters
+across contexts can generalize.
 """
 
 from __future__ import annotations
@@ -80,6 +88,28 @@ def population_preferences(key, num_contexts, num_actions, dtype,
   return _antisymmetric_to_preferences(jnp.mean(jax.nn.sigmoid(diff), axis=0))
 
 
+def annotator_preferences(key, features, num_annotators=3,
+                          reward_scale=3.0):
+  """A population of annotators whose rewards are linear in the features.
+
+  ``P(y > y' | x) = mean_k sigmoid(r_k(x, y) - r_k(x, y'))`` with
+  ``r_k(x, y) = w_k . phi(x, y)`` and ``w_k ~ N(0, reward_scale^2 / d I)``
+  shared across contexts. Intransitive for a few sharp annotators (as
+  ``population``), and the same weights rank the responses of every context,
+  so what a parametrized policy learns on one context transfers.
+
+  Args:
+    key: PRNG key for the annotators' weights.
+    features: ``[X, n, d]`` response features.
+  """
+  dim = features.shape[-1]
+  weights = reward_scale / jnp.sqrt(dim) * jax.random.normal(
+      key, (num_annotators, dim), features.dtype)
+  rewards = jnp.einsum('xyd,kd->kxy', features, weights)
+  diff = rewards[..., :, None] - rewards[..., None, :]
+  return _antisymmetric_to_preferences(jnp.mean(jax.nn.sigmoid(diff), axis=0))
+
+
 def tie_preferences(key, num_contexts, num_actions, dtype):
   """Every comparison a tie: ``P = 1/2``; ``pi*_beta = pi_ref``."""
   del key
@@ -117,14 +147,43 @@ def reference_policy(key, kind, num_contexts, num_actions, dtype):
                    f'expected one of {REF_POLICIES}')
 
 
+def random_features(key, num_contexts, num_actions, feature_dim, dtype):
+  """``(phi, psi)``: response features ``[X, n, d]`` and context features
+  ``[X, d]``, standard Gaussian."""
+  phi_key, psi_key = jax.random.split(key)
+  phi = jax.random.normal(phi_key, (num_contexts, num_actions, feature_dim),
+                          dtype)
+  psi = jax.random.normal(psi_key, (num_contexts, feature_dim), dtype)
+  return phi, psi
+
+
+FEATURE_GAMES = ('annotators',)
+
+
 def generate_game(key, game: str, num_contexts: int, num_actions: int,
-                  ref_policy: str = 'uniform', dtype=jnp.float32) -> Game:
-  """Draws a game of a named family. Jittable for fixed names and sizes."""
-  if game not in GENERATORS:
+                  ref_policy: str = 'uniform', dtype=jnp.float32,
+                  feature_dim: int = 0) -> Game:
+  """Draws a game of a named family. Jittable for fixed names and sizes.
+
+  ``feature_dim > 0`` adds features (see the module docstring); the
+  ``annotators`` family needs them.
+  """
+  if game not in GENERATORS and game not in FEATURE_GAMES:
     raise ValueError(f'unknown game {game!r}; expected one of '
-                     f'{sorted(GENERATORS)}')
+                     f'{sorted(GENERATORS) + list(FEATURE_GAMES)}')
+  if game in FEATURE_GAMES and feature_dim < 1:
+    raise ValueError(f'game {game!r} needs feature_dim >= 1')
   pref_key, ref_key = jax.random.split(key)
-  preferences = GENERATORS[game](pref_key, num_contexts, num_actions, dtype)
+  features = context_features = None
+  if feature_dim > 0:
+    features, context_features = random_features(
+        jax.random.fold_in(key, 1), num_contexts, num_actions, feature_dim,
+        dtype)
+  if game == 'annotators':
+    preferences = annotator_preferences(pref_key, features)
+  else:
+    preferences = GENERATORS[game](pref_key, num_contexts, num_actions, dtype)
   ref = reference_policy(ref_key, ref_policy, num_contexts, num_actions, dtype)
   weights = jnp.full((num_contexts,), 1.0 / num_contexts, dtype)
-  return Game(preferences=preferences, context_weights=weights, ref_policy=ref)
+  return Game(preferences=preferences, context_weights=weights, ref_policy=ref,
+              features=features, context_features=context_features)

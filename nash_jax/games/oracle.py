@@ -1,0 +1,45 @@
+"""Sampling from a tabular game: contexts, reference log-probabilities and
+preference outcomes (the environment side of the sampled algorithms).
+
+A sampled algorithm sees the game only through these functions and the
+policy's ``sample``/``log_prob``, so that a language-model task (prompts from
+a dataset, a frozen reference model, a preference model as judge) can supply
+its own versions.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from nash_jax.games.core import Game
+
+
+def sample_contexts(key, game: Game, batch_size: int) -> chex.Array:
+  """``x_1..x_B ~ rho`` (``[B]`` int32)."""
+  return jax.random.categorical(key, jnp.log(game.context_weights),
+                                shape=(batch_size,)).astype(jnp.int32)
+
+
+def reference_log_prob(game: Game, contexts, responses) -> chex.Array:
+  """``log pi_ref(y|x)`` per sample, ``[B]``."""
+  chex.assert_equal_shape([contexts, responses])
+  return game.log_ref_policy[contexts, responses]
+
+
+def preference_outcomes(key, game: Game, contexts, responses,
+                        opponents, oracle: str) -> chex.Array:
+  """Outcome ``o`` of ``y`` against ``y'`` per sample, ``[B]`` floats.
+
+  ``oracle='bernoulli'``: ``o ~ Bernoulli(P(y > y' | x))`` (a human label);
+  ``'probability'``: ``o = P(y > y' | x)`` (the preference model's
+  probability). Either way each comparison is one preference query.
+  """
+  chex.assert_equal_shape([contexts, responses, opponents])
+  prob = game.preferences[contexts, responses, opponents]
+  if oracle == 'probability':
+    return prob
+  if oracle == 'bernoulli':
+    return jax.random.bernoulli(key, prob).astype(prob.dtype)
+  raise ValueError(f'unknown oracle {oracle!r}')
