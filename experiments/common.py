@@ -34,21 +34,58 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
                      ' (0: the unregularized game, metrics against a von '
                      'Neumann winner).')
   flags.DEFINE_float('eta', None, 'Step size (policy-space methods) or prox '
-                     'strength (proximal_point, nash_mp); default per '
-                     'algorithm.')
-  flags.DEFINE_float('learning_rate', None, 'optax learning rate of '
-                     'self_play_pg and online_ipo; default per algorithm.')
-  flags.DEFINE_string('optimizer', _D.optimizer, 'optax optimizer of '
-                      'self_play_pg and online_ipo: sgd, adam.')
-  flags.DEFINE_integer('inner_steps', _D.inner_steps, 'proximal_point: inner '
-                       'self-play steps per outer step; 0 solves each inner '
-                       'game to --inner_tolerance.')
+                     'strength (proximal_point, nash_mp, nash_prox, '
+                     'approx_nash_mp); default per algorithm.')
+  flags.DEFINE_float('learning_rate', None, 'optax learning rate of the '
+                     'parameter-space methods (self_play_pg, online_ipo and '
+                     'every sampled algorithm); default per algorithm.')
+  flags.DEFINE_string('optimizer', _D.optimizer, 'optax optimizer of the '
+                      'parameter-space methods: sgd, adam.')
+  flags.DEFINE_integer('inner_steps', None, 'proximal_point: inner '
+                       'self-play steps per outer step, 0 (its default) '
+                       'solves each inner game to --inner_tolerance; '
+                       'approx_nash_mp: policy-gradient steps per half step '
+                       '(default 10).')
   flags.DEFINE_float('inner_tolerance', _D.inner_tolerance, 'proximal_point: '
                      'span residual of a solved inner game.')
   flags.DEFINE_integer('max_inner_steps', _D.max_inner_steps,
                        'proximal_point: cap on inner steps per outer step.')
   flags.DEFINE_float('inner_eta', None, 'proximal_point: inner mirror-descent '
                      'step; default from the prox game strength.')
+  flags.DEFINE_string('mode', _D.mode, 'exact: expectations over the tabular '
+                      'game (1 query = one evaluation of g_pi); sampled: '
+                      'sampled responses and preference outcomes with a '
+                      'parametrized --policy (online_ipo, self_play_pg, '
+                      'nash_prox, approx_nash_mp, nash_md_pg).')
+  flags.DEFINE_string('policy', _D.policy, 'Policy class (sampled mode): '
+                      'tabular, loglinear (pi ∝ pi_ref exp(theta . phi)), '
+                      'mlp (Flax MLP over context and response features).')
+  flags.DEFINE_integer('batch_size', _D.batch_size, 'Sampled mode: '
+                       'comparisons per step, one preference query each.')
+  flags.DEFINE_string('oracle', _D.oracle, 'Sampled mode: bernoulli (o ~ '
+                      'Bernoulli(P(y > y\'))) or probability (o = P(y > '
+                      'y\')).')
+  flags.DEFINE_string('anchor', _D.anchor, 'nash_prox: copy (theta_k <- '
+                      'theta every --anchor_every steps) or ema (rate '
+                      '--anchor_tau).')
+  flags.DEFINE_integer('anchor_every', _D.anchor_every, 'nash_prox: steps '
+                       'between anchor copies, M.')
+  flags.DEFINE_float('anchor_tau', _D.anchor_tau, 'nash_prox: EMA rate of '
+                     'the anchor, in (0, 1].')
+  flags.DEFINE_float('mixture', _D.mixture, 'nash_md_pg: mixture '
+                     'coefficient c of pi_ref in the opponent (0: self-play).')
+  flags.DEFINE_float('max_grad_norm', None, 'Clip gradients to this global '
+                     'norm (parameter-space methods; default: no clipping).')
+  flags.DEFINE_string('schedule', _D.schedule, 'Learning-rate schedule: '
+                      'constant, cosine (to 0 over --decay_steps).')
+  flags.DEFINE_integer('decay_steps', None, 'Steps of the cosine decay '
+                       '(default: --num_steps).')
+  flags.DEFINE_list('hidden_sizes', [str(h) for h in _D.hidden_sizes],
+                    'mlp policy: hidden layer widths.')
+  flags.DEFINE_integer('feature_dim', _D.feature_dim, 'Dimension d of the '
+                       'generated games\' response and context features '
+                       '(used by loglinear and mlp policies; the annotators '
+                       'game draws preferences from them).')
   flags.DEFINE_string('init', _D.init, 'Initial policy: ref (pi_ref) or '
                       'random (pi_ref times exp of Gaussian logits, per seed).')
   flags.DEFINE_float('init_scale', _D.init_scale, 'Std of the random initial '
@@ -97,6 +134,12 @@ def config_from_flags(**overrides) -> ExperimentConfig:
             for name in ExperimentConfig.__dataclass_fields__
             if name in flags.FLAGS}
   values.update(overrides)
+  hidden = values.get('hidden_sizes', _D.hidden_sizes)
+  try:
+    values['hidden_sizes'] = tuple(int(h) for h in hidden)
+  except ValueError:
+    raise ConfigError('hidden_sizes', f'must be integers, got '
+                      f'{",".join(hidden)}') from None
   return ExperimentConfig(**values)
 
 
@@ -134,3 +177,4 @@ def fail(message: str) -> None:
 
 USER_ERRORS = (ConfigError, GameFileError)
 ALGORITHM_NAMES = algorithms.ALGORITHM_NAMES
+SAMPLED_ALGORITHM_NAMES = algorithms.SAMPLED_ALGORITHM_NAMES

@@ -23,7 +23,8 @@ from nash_jax import analysis, experiment
 from nash_jax.algorithms import ConfigError
 
 flags.DEFINE_list('algorithms', list(common.ALGORITHM_NAMES),
-                  'Algorithms to compare (comma-separated).')
+                  'Algorithms to compare (comma-separated); default: every '
+                  'algorithm of --mode.')
 flags.DEFINE_integer('query_budget', 2000, 'Preference queries per seed; '
                      'each algorithm stops at the first evaluation past it.')
 common.define_flags(output_dir='results/compare', num_steps=100_000,
@@ -34,17 +35,20 @@ def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   common.quiet_logs()
-  base = common.config_from_flags()
-  common.start_jax(base.dtype)
+  common.start_jax(flags.FLAGS.dtype)
   budget = flags.FLAGS.query_budget
   try:
-    if not flags.FLAGS.algorithms:
+    base = common.config_from_flags()
+    names = flags.FLAGS.algorithms
+    if base.mode == 'sampled' and flags.FLAGS['algorithms'].using_default_value:
+      names = list(common.SAMPLED_ALGORITHM_NAMES)
+    if not names:
       raise ConfigError('algorithms', 'must name at least one algorithm')
     if budget < 1:
       raise ConfigError('query_budget', f'must be >= 1, got {budget}')
     experiment.check_output_dir(base.output_dir)
     configs = {}
-    for name in flags.FLAGS.algorithms:
+    for name in names:
       config = base.replace(algorithm=name,
                             output_dir=os.path.join(base.output_dir, name))
       if name == 'proximal_point':

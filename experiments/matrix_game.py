@@ -2,6 +2,8 @@ r"""Runs one NLHF algorithm on a tabular preference game, many seeds at once.
 
   python -m experiments.matrix_game --algorithm=nash_mp --beta=0.1 \
       --num_actions=20 --num_seeds=8 --output_dir=results/nash_mp
+  python -m experiments.matrix_game --mode=sampled --algorithm=nash_prox \
+      --policy=loglinear --game=annotators --batch_size=64
 
 Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy and
 summary.json into --output_dir (see README.md), prints a progress line per
@@ -14,8 +16,9 @@ from absl import app, flags
 from experiments import common
 from nash_jax import experiment
 
-flags.DEFINE_string('algorithm', 'nash_mp', 'One of: ' +
-                    ', '.join(common.ALGORITHM_NAMES) + '.')
+flags.DEFINE_string('algorithm', 'nash_mp', '--mode=exact: ' +
+                    ', '.join(common.ALGORITHM_NAMES) + '; --mode=sampled: '
+                    + ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '.')
 common.define_flags(output_dir='results/matrix_game', num_steps=1000,
                     eval_every=10, num_actions=20, num_seeds=1)
 
@@ -24,9 +27,9 @@ def main(argv):
   if len(argv) > 1:
     common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   common.quiet_logs()
-  config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
-  common.start_jax(config.dtype)
+  common.start_jax(flags.FLAGS.dtype)
   try:
+    config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
     config, file_game = experiment.validate(config)
   except common.USER_ERRORS as e:
     common.fail(str(e))

@@ -47,7 +47,8 @@ class Checkpointer:
 
   def __init__(self, output_dir: str, config: dict, keep: int = 3):
     self.path = directory(output_dir)
-    self.config = config
+    # As JSON would give it back (tuples become lists), for comparisons.
+    self.config = json.loads(json.dumps(config))
     self.keep = keep
     self._manager = None
 

@@ -27,10 +27,12 @@ import numpy as np
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import metrics as metrics_lib
+from nash_jax import policies as policies_lib
 from nash_jax import reference
 from nash_jax import train as train_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.games import (
+  FEATURE_GAMES,
   GENERATORS,
   REF_POLICIES,
   Game,
@@ -38,7 +40,7 @@ from nash_jax.games import (
   load_game,
 )
 
-GAMES = tuple(GENERATORS) + ('file',)
+GAMES = tuple(GENERATORS) + FEATURE_GAMES + ('file',)
 DTYPES = ('float64', 'float32')
 
 
@@ -57,12 +59,25 @@ class ExperimentConfig:
   eta: float | None = None
   learning_rate: float | None = None
   optimizer: str = 'sgd'
-  inner_steps: int = 0
+  inner_steps: int | None = None
   inner_tolerance: float = 1e-8
   max_inner_steps: int = 100_000
   inner_eta: float | None = None
   init: str = 'ref'
   init_scale: float = 1.0
+  mode: str = 'exact'
+  policy: str = 'tabular'
+  batch_size: int = 64
+  oracle: str = 'bernoulli'
+  anchor: str = 'copy'
+  anchor_every: int = 100
+  anchor_tau: float = 0.01
+  mixture: float = 0.125
+  max_grad_norm: float | None = None
+  schedule: str = 'constant'
+  decay_steps: int | None = None
+  hidden_sizes: tuple[int, ...] = (64, 64)
+  feature_dim: int = 16
   num_steps: int = 1000
   eval_every: int = 10
   num_seeds: int = 1
@@ -81,8 +96,9 @@ class ExperimentConfig:
 
   def algorithm_config(self) -> AlgorithmConfig:
     fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
-    return AlgorithmConfig(**{k: v for k, v in dataclasses.asdict(self).items()
-                              if k in fields})
+    values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+    values['hidden_sizes'] = tuple(values['hidden_sizes'])
+    return AlgorithmConfig(**values)
 
 
 MAX_SEED = 2 ** 31 - 1
@@ -118,9 +134,10 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     ConfigError: a flag that cannot be used, naming it.
     GameFileError: a game file that cannot be used, naming it.
   """
-  if config.algorithm not in algorithms_lib.ALGORITHMS:
+  if config.algorithm not in algorithms_lib.ALL_ALGORITHM_NAMES:
     raise ConfigError('algorithm', f'unknown algorithm {config.algorithm!r}; '
-                      f'expected one of {", ".join(algorithms_lib.ALGORITHMS)}')
+                      'expected one of '
+                      f'{", ".join(algorithms_lib.ALL_ALGORITHM_NAMES)}')
   if config.game not in GAMES:
     raise ConfigError('game', f'unknown game {config.game!r}; expected one of '
                       f'{", ".join(GAMES)}')
@@ -133,8 +150,12 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
                         ('num_contexts', 1), ('num_actions', 2),
                         ('seed_block', 1), ('checkpoint_every', 0),
-                        ('keep_checkpoints', 1)):
+                        ('keep_checkpoints', 1), ('feature_dim', 0)):
     _positive_int(config, flag, minimum)
+  if config.game in FEATURE_GAMES and config.feature_dim < 1:
+    raise ConfigError('feature_dim', f'--game={config.game} draws preferences '
+                      f'from the features, so needs >= 1, got '
+                      f'{config.feature_dim}')
   if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
     raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
                       f'{config.seed}')
@@ -162,11 +183,22 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   elif config.game_file:
     raise ConfigError('game_file', f'is only used with --game=file (got '
                       f'--game={config.game})')
+  if config.policy in policies_lib.FEATURE_POLICIES:
+    if file_game is not None and file_game.features is None:
+      raise ConfigError('policy', f'{config.policy} policies read response '
+                        f'features, and {config.game_file} has none (add '
+                        '"features" [X, n, d] to the .npz)')
+    if file_game is None and config.feature_dim < 1:
+      raise ConfigError('policy', f'{config.policy} policies read response '
+                        'features; give --feature_dim >= 1')
+  if config.schedule == 'cosine' and config.decay_steps is None:
+    config = config.replace(decay_steps=config.num_steps)
   alg_config = algorithms_lib.resolve_config(
       config.algorithm, config.algorithm_config(), config.num_contexts)
   algorithms_lib.validate_config(config.algorithm, alg_config)
   config = config.replace(**{
-      k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta')})
+      k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
+                                          'inner_steps')})
   try:
     checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
         config)).check(config.overwrite)
@@ -193,7 +225,8 @@ def build_games(config: ExperimentConfig, file_game: Game | None):
   if file_game is not None:
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), file_game)
   gen = lambda key: generate_game(key, config.game, config.num_contexts,
-                                  config.num_actions, config.ref_policy, dtype)
+                                  config.num_actions, config.ref_policy, dtype,
+                                  config.feature_dim)
   if config.game_seed is not None:
     return gen(jax.random.PRNGKey(config.game_seed))
   game_keys, _ = seed_keys(config)
@@ -316,8 +349,9 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
     if done != saved['done']:
       checkpointer.save(done, state, rows)
     checkpointer.close()
-  final_policy = np.exp(np.asarray(jax.vmap(algorithm.log_policy)(state),
-                                   np.float64))
+  log_policy = jax.jit(jax.vmap(algorithm.log_policy,
+                                in_axes=(0, None if shared else 0)))
+  final_policy = np.exp(np.asarray(log_policy(state, games), np.float64))
   if shared:
     equilibrium = np.broadcast_to(equilibrium,
                                   (config.num_seeds,) + equilibrium.shape)
