@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -259,6 +260,35 @@ class Results:
   wall_time: float
 
 
+# Numeric hyperparameters passed to the compiled step as runtime values, so
+# that a sweep over them is one compiled call (and a single run is the same
+# program as the matching cell of a sweep).
+SWEEPABLE = ('beta', 'eta', 'learning_rate', 'inner_eta', 'anchor_tau',
+             'mixture')
+
+
+def hyperparameters(config: ExperimentConfig) -> dict:
+  """The run's values of :data:`SWEEPABLE` (those that are set)."""
+  return {k: getattr(config, k) for k in SWEEPABLE
+          if getattr(config, k) is not None}
+
+
+@functools.lru_cache(maxsize=64)
+def _maker(name: str, structure: AlgorithmConfig):
+  """``make(hyper) -> Algorithm`` for the config ``structure`` (whose swept
+  fields are placeholders) with the swept values ``hyper`` (tracers)."""
+  return lambda hyper: algorithms_lib.make_algorithm(
+      name, structure.replace(**hyper))
+
+
+def algorithm_maker(config: ExperimentConfig):
+  """The ``make`` function of ``config``'s algorithm (cached per structure,
+  so that runs differing only in swept values share compilations)."""
+  structure = config.algorithm_config().replace(
+      **{k: 'swept' for k in hyperparameters(config)})
+  return _maker(config.algorithm, structure)
+
+
 def run(config: ExperimentConfig, file_game: Game | None = None,
         log: Callable[[str], None] = print,
         query_budget: int | None = None, prepared=None) -> Results:
@@ -274,26 +304,74 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
     prepared: ``(games, equilibrium)`` from :func:`prepare`, to share the
       games and their exact solutions between several algorithms.
   """
+  return run_sweep([config], config.output_dir, file_game, log, query_budget,
+                   prepared)[0]
+
+
+def _tile(tree, times: int):
+  """Repeats the leading (seed) axis: ``[S, ...] -> [times * S, ...]``."""
+  return jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * times),
+                      tree)
+
+
+def run_sweep(configs: list[ExperimentConfig], output_dir: str,
+              file_game: Game | None = None,
+              log: Callable[[str], None] = print,
+              query_budget: int | None = None,
+              prepared=None) -> list[Results]:
+  """Runs several validated configs that differ only in :data:`SWEEPABLE`
+  values (the cells of a sweep), every cell and seed in one compiled call.
+
+  Each cell's seeds play the same games as a single run would; a cell's
+  result equals the single run of its config bit for bit with the default
+  ``seed_block = 1``. Checkpoints of the whole sweep go to
+  ``output_dir/checkpoints``; ``metrics.csv`` is streamed only for a single
+  config. Returns one :class:`Results` per config.
+  """
   start = time.time()
   if jax.process_index() != 0:
     log = lambda line: None
-  shared = shares_game(config)
-  games, equilibrium = prepared or prepare(config, file_game)
+  config = configs[0]
+  num_cells, num_seeds = len(configs), config.num_seeds
+  shared = shares_game(config) and num_cells == 1
+  games = prepared[0] if prepared else build_games(config, file_game)
+  solved = {}
+  for c in configs:
+    if c.beta not in solved:
+      solved[c.beta] = (prepared[1] if prepared and c is config else
+                        equilibria(c, games, shares_game(config)))
+  if shares_game(config) and not shared:
+    games = jax.tree.map(lambda x: np.broadcast_to(
+        np.asarray(x), (num_seeds,) + x.shape), games)
+    solved = {b: np.broadcast_to(e, (num_seeds,) + e.shape)
+              for b, e in solved.items()}
   dtype = jnp.dtype(config.dtype)
+  equilibrium = np.concatenate([solved[c.beta] for c in configs]) \
+      if not shared else solved[config.beta]
   with np.errstate(divide='ignore'):
     log_eq = jnp.asarray(np.log(equilibrium), dtype)
-  algorithm = algorithms_lib.make_algorithm(config.algorithm,
-                                            config.algorithm_config())
+  if not shared:
+    games = _tile(games, num_cells)
+  make = algorithm_maker(config)
+  hyper = {k: np.repeat(np.asarray([hyperparameters(c)[k] for c in configs],
+                                   dtype), num_seeds)
+           for k in hyperparameters(config)}
   _, run_keys = seed_keys(config)
-  writer = _MetricsStream(config) if jax.process_index() == 0 else None
+  run_keys = _tile(run_keys, num_cells)
+  single = num_cells == 1
+  writer = (_MetricsStream(config)
+            if jax.process_index() == 0 and single else None)
   checkpointer = None
   resume = None
   if config.checkpoint_every > 0:
+    saved_config = (dataclasses.asdict(config) if single else
+                    {'cells': [dataclasses.asdict(c) for c in configs]})
     checkpointer = checkpoint_lib.Checkpointer(
-        config.output_dir, dataclasses.asdict(config), config.keep_checkpoints)
+        output_dir, saved_config, config.keep_checkpoints)
     template = jax.eval_shape(
-        jax.vmap(algorithm.init, in_axes=(0, None if shared else 0)),
-        run_keys, games)
+        jax.vmap(lambda h, k, g: make(h).init(k, g),
+                 in_axes=(0, 0, None if shared else 0)),
+        hyper, run_keys, games)
     resume = checkpointer.restore(template)
     if resume is not None:
       log(f'[{config.algorithm}] resuming from step {resume[2]} '
@@ -302,7 +380,7 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   clock = {'t': time.time(), 'step': first_step}
 
   boards = _TensorBoard(config) if (
-      config.tensorboard and jax.process_index() == 0) else None
+      config.tensorboard and jax.process_index() == 0 and single) else None
 
   def on_eval(row):
     step = int(row['step'][0])
@@ -331,7 +409,7 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
   if writer:
     writer.start(resume[1] if resume else [])
   state, rows = train_lib.train(
-      algorithm, config.beta, run_keys, games, log_eq,
+      make, None, run_keys, games, log_eq, hyper=hyper,
       num_steps=config.num_steps, eval_every=config.eval_every,
       shared_game=shared, first_seed=config.seed,
       seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
@@ -349,14 +427,20 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
     if done != saved['done']:
       checkpointer.save(done, state, rows)
     checkpointer.close()
-  log_policy = jax.jit(jax.vmap(algorithm.log_policy,
-                                in_axes=(0, None if shared else 0)))
-  final_policy = np.exp(np.asarray(log_policy(state, games), np.float64))
+  log_policy = jax.jit(jax.vmap(lambda h, st, g: make(h).log_policy(st, g),
+                                in_axes=(0, 0, None if shared else 0)))
+  final_policy = np.exp(np.asarray(log_policy(hyper, state, games),
+                                   np.float64))
   if shared:
-    equilibrium = np.broadcast_to(equilibrium,
-                                  (config.num_seeds,) + equilibrium.shape)
-  return Results(config, rows, final_policy, np.asarray(equilibrium),
-                 time.time() - start)
+    equilibrium = np.broadcast_to(equilibrium, (num_seeds,) + equilibrium.shape)
+  wall = time.time() - start
+  results = []
+  for i, c in enumerate(configs):
+    cut = slice(i * num_seeds, (i + 1) * num_seeds)
+    results.append(Results(
+        c, [{k: v[cut] for k, v in row.items()} for row in rows],
+        final_policy[cut], np.asarray(equilibrium[cut]), wall))
+  return results
 
 
 def metric_columns(rows) -> list[str]:

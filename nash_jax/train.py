@@ -145,31 +145,45 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
                        check_vma=False)
 
 
-@functools.lru_cache(maxsize=64)
-def make_chunk_runner(algorithm: Algorithm, beta, chunk_steps: int,
-                      shared_game: bool, seed_block: int,
-                      mesh: jax.sharding.Mesh) -> Callable:
-  """The jitted, seed-blocked ``run_chunk``; the game is shared or per seed.
+def _per_run(make: Callable, fn: Callable):
+  """``fn(algorithm, beta, *args)`` as a function of one run's
+  hyperparameters: ``(hyper, *args) -> fn(make(hyper), hyper['beta'],
+  *args)``."""
+  return lambda hyper, *args: fn(make(hyper), hyper['beta'], *args)
 
-  Cached, so that repeated runs of the same algorithm object reuse the
-  compiled function (``beta`` must then be a Python number).
+
+@functools.lru_cache(maxsize=64)
+def make_chunk_runner(make: Callable, chunk_steps: int, shared_game: bool,
+                      seed_block: int, mesh: jax.sharding.Mesh) -> Callable:
+  """The jitted, seed-blocked ``run_chunk``; the game is shared or per run.
+
+  ``make(hyper) -> Algorithm`` builds each run's algorithm from its
+  hyperparameters (traced scalars). Cached, so that repeated runs with the
+  same ``make`` reuse the compiled function.
   """
-  fn = lambda state, game, log_eq: run_chunk(algorithm, beta, chunk_steps,
-                                             state, game, log_eq)
+  fn = _per_run(make, lambda alg, beta, state, game, log_eq: run_chunk(
+      alg, beta, chunk_steps, state, game, log_eq))
   return jax.jit(blocked_vmap(fn, seed_block,
-                              (False, shared_game, shared_game), mesh))
+                              (False, False, shared_game, shared_game), mesh))
 
 
 @functools.lru_cache(maxsize=64)
-def make_initializer(algorithm: Algorithm, beta, shared_game: bool,
-                     seed_block: int, mesh: jax.sharding.Mesh):
+def make_initializer(make: Callable, shared_game: bool, seed_block: int,
+                     mesh: jax.sharding.Mesh):
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
-  def init(key, game, log_eq):
+  def init(algorithm, beta, key, game, log_eq):
     state = algorithm.init(key, game)
     info0 = info_template(algorithm, state, game)
     return state, evaluate_state(algorithm, state, game, beta, log_eq, info0)
-  return jax.jit(blocked_vmap(init, seed_block,
-                              (False, shared_game, shared_game), mesh))
+  return jax.jit(blocked_vmap(_per_run(make, init), seed_block,
+                              (False, False, shared_game, shared_game), mesh))
+
+
+@functools.lru_cache(maxsize=64)
+def constant_maker(algorithm: Algorithm) -> Callable:
+  """``make`` of a run whose algorithm is fixed (hyperparameters closed over
+  as constants; only ``beta`` of the metrics is passed per run)."""
+  return lambda hyper: algorithm
 
 
 def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
@@ -210,20 +224,23 @@ def to_host(tree):
   return jax.device_get(tree)
 
 
-def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
-          num_steps: int, eval_every: int, shared_game: bool,
-          first_seed: int = 0, seed_block: int = 1,
+def train(algorithm: Algorithm | Callable, beta, keys, game: Game,
+          log_equilibrium, *, num_steps: int, eval_every: int,
+          shared_game: bool, first_seed: int = 0, seed_block: int = 1,
           mesh: jax.sharding.Mesh | None = None,
           on_eval: Callable[[dict], None] | None = None,
           until: Callable[[dict], bool] | None = None,
           resume: tuple | None = None,
-          on_chunk: Callable | None = None):
+          on_chunk: Callable | None = None,
+          hyper: dict | None = None):
   """Runs every seed for ``num_steps`` steps, evaluating every ``eval_every``.
 
   Args:
-    algorithm: the algorithm.
-    beta: the game's regularization, for the metrics.
-    keys: ``[S]`` PRNG keys, one per seed.
+    algorithm: the algorithm; or, with ``hyper``, ``make(hyper) ->
+      Algorithm`` building a run's algorithm from its hyperparameters.
+    beta: the game's regularization, for the metrics (ignored with
+      ``hyper``, which holds each run's ``beta``).
+    keys: ``[S]`` PRNG keys, one per seed (or run).
     game: one game (``shared_game``) or a batch ``[S, ...]``.
     log_equilibrium: ``[X, n]`` or ``[S, X, n]`` reference log-policy.
     num_steps: steps per seed.
@@ -244,6 +261,10 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     on_chunk: called after each chunk as ``on_chunk(get_state, rows, done)``
       where ``get_state()`` fetches the host copy of the real seeds' state
       (only when called, e.g. to write a checkpoint).
+    hyper: per-run hyperparameters, a dict of ``[S]`` arrays with at least
+      ``'beta'``, passed to ``algorithm`` (a ``make`` function) as traced
+      scalars: runs with different step sizes, ``beta`` or ``eta`` share
+      one compiled call (a sweep).
 
   Returns:
     ``(final_state, rows)``: the final batched state and the list of
@@ -260,6 +281,13 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
       lambda x: to_devices(np.asarray(x)[gather], sharded), tree)
   unpad = lambda tree: jax.tree.map(lambda x: np.asarray(x)[positions],
                                     to_host(tree))
+  if hyper is None:
+    make = constant_maker(algorithm)
+    hyper = {'beta': np.full(keys.shape[0], beta,
+                             jnp.asarray(log_equilibrium).dtype)}
+  else:
+    make = algorithm
+  hyper = pad(hyper)
   keys = pad(keys)
   if shared_game:
     game, log_equilibrium = jax.tree.map(
@@ -269,8 +297,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     game, log_equilibrium = pad((game, log_equilibrium))
   num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))
   if resume is None:
-    init = make_initializer(algorithm, beta, shared_game, seed_block, mesh)
-    state, row = init(num_blocks, keys, game, log_equilibrium)
+    init = make_initializer(make, shared_game, seed_block, mesh)
+    state, row = init(num_blocks, hyper, keys, game, log_equilibrium)
     rows = [unpad(row)]
     done = 0
     if on_eval:
@@ -284,9 +312,8 @@ def train(algorithm: Algorithm, beta, keys, game: Game, log_equilibrium, *,
     # Evaluations stay on multiples of eval_every, also after a resume from
     # the end of a shorter run.
     chunk = min(eval_every - done % eval_every, num_steps - done)
-    runner = make_chunk_runner(algorithm, beta, chunk, shared_game, seed_block,
-                               mesh)
-    state, row = runner(num_blocks, state, game, log_equilibrium)
+    runner = make_chunk_runner(make, chunk, shared_game, seed_block, mesh)
+    state, row = runner(num_blocks, hyper, state, game, log_equilibrium)
     rows.append(unpad(row))
     done += chunk
     if on_eval:
