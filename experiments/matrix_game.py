@@ -10,7 +10,10 @@ summary.json into --output_dir (see README.md), prints a progress line per
 evaluation and a final table.
 """
 
+import time
+
 import jax
+import numpy as np
 from absl import app, flags
 
 from experiments import common
@@ -19,6 +22,12 @@ from nash_jax import experiment
 flags.DEFINE_string('algorithm', 'nash_mp', '--mode=exact: ' +
                     ', '.join(common.ALGORITHM_NAMES) + '; --mode=sampled: '
                     + ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '.')
+flags.DEFINE_multi_string(
+    'sweep', [], 'NAME=V1,V2,...: run every combination of these values '
+    '(repeat the flag for a grid) with all seeds in one compiled call; NAME '
+    'is one of ' + ', '.join(experiment.SWEEPABLE) + '. Each cell is written '
+    'to OUTPUT_DIR/<name>=<value>_.../ in the usual layout, and '
+    'OUTPUT_DIR/sweep.csv summarizes the cells.')
 common.define_flags(output_dir='results/matrix_game', num_steps=1000,
                     eval_every=10, num_actions=20, num_seeds=1)
 
@@ -30,14 +39,38 @@ def main(argv):
   common.start_jax(flags.FLAGS.dtype)
   try:
     config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
-    config, file_game = experiment.validate(config)
+    if flags.FLAGS.sweep:
+      grid = experiment.parse_sweep(flags.FLAGS.sweep)
+      cells, file_game = experiment.validate_sweep(config, grid)
+    else:
+      config, file_game = experiment.validate(config)
   except common.USER_ERRORS as e:
     common.fail(str(e))
+  if flags.FLAGS.sweep:
+    return run_sweep(config, cells, file_game)
   results = experiment.run(config, file_game)
   experiment.write_results(results)
   if jax.process_index() == 0:
     print(experiment.format_table(results))
     print(f'wrote {config.output_dir} ({results.wall_time:.1f}s)')
+
+
+def run_sweep(config, cells, file_game):
+  start = time.time()
+  results = experiment.run_sweep([c for _, c in cells], config.output_dir,
+                                 file_game,
+                                 checkpoint_every=config.checkpoint_every)
+  for res in results:
+    experiment.write_results(res)
+  path = experiment.write_sweep_table(cells, results, config.output_dir)
+  if jax.process_index() == 0:
+    for (values, _), res in zip(cells, results):
+      last = res.rows[-1]
+      print(f'{experiment.cell_name(values):<40} kl_to_equilibrium mean '
+            f'{np.mean(last["kl_to_equilibrium"]):.3e} median '
+            f'{np.median(last["kl_to_equilibrium"]):.3e}')
+    print(f'wrote {path} and {len(cells)} cell directories '
+          f'({time.time() - start:.1f}s)')
 
 
 if __name__ == '__main__':

@@ -308,6 +308,87 @@ def run(config: ExperimentConfig, file_game: Game | None = None,
                    prepared)[0]
 
 
+def parse_sweep(specs: list[str]) -> dict[str, list[float]]:
+  """``['beta=0.1,0.01', 'learning_rate=0.1,1']`` -> ``{name: values}``.
+
+  Raises:
+    ConfigError: naming ``--sweep`` for a malformed entry, a name outside
+      :data:`SWEEPABLE`, a repeated name or a value that is not a number.
+  """
+  grid = {}
+  for spec in specs:
+    name, sep, values = spec.partition('=')
+    name = name.strip()
+    if not sep or not values.strip():
+      raise ConfigError('sweep', f'expected NAME=V1,V2,..., got {spec!r}')
+    if name not in SWEEPABLE:
+      raise ConfigError('sweep', f'cannot sweep {name!r}; sweepable: '
+                        f'{", ".join(SWEEPABLE)}')
+    if name in grid:
+      raise ConfigError('sweep', f'{name} is swept twice')
+    try:
+      grid[name] = [float(v) for v in values.split(',')]
+    except ValueError:
+      raise ConfigError('sweep', f'{name} values must be numbers, got '
+                        f'{values!r}') from None
+  return grid
+
+
+def cell_name(values: dict) -> str:
+  """A sweep cell's directory name, e.g. ``beta=0.1_learning_rate=0.01``."""
+  return '_'.join(f'{k}={v:g}' for k, v in values.items())
+
+
+def sweep_cells(config: ExperimentConfig, grid: dict[str, list[float]]):
+  """The cells of a grid (Cartesian product, in the order given):
+  ``[(values, config)]`` with each cell's output in
+  ``config.output_dir/<cell_name>``; configs not yet validated."""
+  cells = [{}]
+  for name, values in grid.items():
+    cells = [dict(cell, **{name: v}) for cell in cells for v in values]
+  return [(cell, config.replace(output_dir=os.path.join(
+      config.output_dir, cell_name(cell)), checkpoint_every=0, **cell))
+          for cell in cells]
+
+
+def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
+  """Validates every cell of a sweep; returns ``(cells, file_game)`` with
+  ``cells = [(values, resolved config)]``.
+
+  Each cell is resolved on its own values (an unswept default such as the
+  learning rate follows a swept ``beta``), and every cell must keep the
+  same structure (the sweep is one compiled program).
+  """
+  file_game = None
+  cells = []
+  for values, cell in sweep_cells(config, grid):
+    try:
+      resolved, file_game = validate(cell)
+    except ConfigError as e:
+      raise ConfigError(e.flag, f'{str(e).partition(": ")[2]} (sweep cell '
+                        f'{cell_name(values)})') from None
+    for name in grid:
+      if getattr(resolved, name) is None:
+        raise ConfigError('sweep', f'{config.algorithm} has no {name}')
+    cells.append((values, resolved))
+  structures = {algorithm_maker(c) for _, c in cells}
+  if len(structures) > 1:
+    raise ConfigError('sweep', 'cells differ in more than swept values')
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, sweep_checkpoint_config(
+        [c for _, c in cells])).check(config.overwrite)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError('overwrite', str(e)) from None
+  return cells, file_game
+
+
+def sweep_checkpoint_config(configs: list[ExperimentConfig]) -> dict:
+  """What a sweep's checkpoints are checked against: every cell's config."""
+  if len(configs) == 1:
+    return dataclasses.asdict(configs[0])
+  return {'cells': [dataclasses.asdict(c) for c in configs]}
+
+
 def _tile(tree, times: int):
   """Repeats the leading (seed) axis: ``[S, ...] -> [times * S, ...]``."""
   return jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * times),
@@ -318,15 +399,17 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
               file_game: Game | None = None,
               log: Callable[[str], None] = print,
               query_budget: int | None = None,
-              prepared=None) -> list[Results]:
+              prepared=None, checkpoint_every: int | None = None
+              ) -> list[Results]:
   """Runs several validated configs that differ only in :data:`SWEEPABLE`
   values (the cells of a sweep), every cell and seed in one compiled call.
 
   Each cell's seeds play the same games as a single run would; a cell's
   result equals the single run of its config bit for bit with the default
   ``seed_block = 1``. Checkpoints of the whole sweep go to
-  ``output_dir/checkpoints``; ``metrics.csv`` is streamed only for a single
-  config. Returns one :class:`Results` per config.
+  ``output_dir/checkpoints`` every ``checkpoint_every`` steps (default: the
+  first config's); ``metrics.csv`` is streamed only for a single config.
+  Returns one :class:`Results` per config.
   """
   start = time.time()
   if jax.process_index() != 0:
@@ -363,11 +446,11 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
             if jax.process_index() == 0 and single else None)
   checkpointer = None
   resume = None
-  if config.checkpoint_every > 0:
-    saved_config = (dataclasses.asdict(config) if single else
-                    {'cells': [dataclasses.asdict(c) for c in configs]})
+  if checkpoint_every is None:
+    checkpoint_every = config.checkpoint_every
+  if checkpoint_every > 0:
     checkpointer = checkpoint_lib.Checkpointer(
-        output_dir, saved_config, config.keep_checkpoints)
+        output_dir, sweep_checkpoint_config(configs), config.keep_checkpoints)
     template = jax.eval_shape(
         jax.vmap(lambda h, k, g: make(h).init(k, g),
                  in_axes=(0, 0, None if shared else 0)),
@@ -401,7 +484,7 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
   saved = {'done': first_step}
 
   def on_chunk(get_state, rows, done):
-    period = config.checkpoint_every
+    period = checkpoint_every
     if checkpointer and done // period > saved['done'] // period:
       checkpointer.save(done, get_state(), rows)
       saved['done'] = done
@@ -441,6 +524,31 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
         c, [{k: v[cut] for k, v in row.items()} for row in rows],
         final_policy[cut], np.asarray(equilibrium[cut]), wall))
   return results
+
+
+def write_sweep_table(cells, results: list[Results], output_dir: str) -> str:
+  """Writes ``output_dir/sweep.csv``: one row per cell with its swept
+  values, the mean over seeds of each final metric and the median final
+  ``kl_to_equilibrium``; returns the path."""
+  path = os.path.join(output_dir, 'sweep.csv')
+  if jax.process_index() != 0:
+    return path
+  records = []
+  for (values, _), res in zip(cells, results):
+    s = summary(res)
+    kl = [r['kl_to_equilibrium'] for r in s['final']]
+    records.append({'cell': cell_name(values), **values,
+                    'num_seeds': res.config.num_seeds, **s['mean'],
+                    'median_kl_to_equilibrium': float(np.median(kl))})
+
+  def write(tmp):
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=list(records[0]))
+      writer.writeheader()
+      writer.writerows(records)
+  os.makedirs(output_dir, exist_ok=True)
+  _atomic_write(path, write)
+  return path
 
 
 def metric_columns(rows) -> list[str]:
