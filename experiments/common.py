@@ -16,7 +16,8 @@ _D = ExperimentConfig()
 
 
 def define_flags(output_dir: str, num_steps: int, eval_every: int,
-                 num_actions: int, num_seeds: int) -> None:
+                 num_actions: int, num_seeds: int, mode: str = _D.mode,
+                 seed_block: int = _D.seed_block) -> None:
   """Defines the flags of :class:`ExperimentConfig` (except ``algorithm``)."""
   flags.DEFINE_string('game', _D.game, f'Game family: {", ".join(GAMES)}.')
   flags.DEFINE_string('game_file', None, 'With --game=file: a .npy of '
@@ -52,7 +53,7 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
                        'proximal_point: cap on inner steps per outer step.')
   flags.DEFINE_float('inner_eta', None, 'proximal_point: inner mirror-descent '
                      'step; default from the prox game strength.')
-  flags.DEFINE_string('mode', _D.mode, 'exact: expectations over the tabular '
+  flags.DEFINE_string('mode', mode, 'exact: expectations over the tabular '
                       'game (1 query = one evaluation of g_pi); sampled: '
                       'sampled responses and preference outcomes with a '
                       'parametrized --policy (online_ipo, self_play_pg, '
@@ -96,7 +97,7 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
   flags.DEFINE_integer('num_seeds', num_seeds, 'Seeds run in one vmapped '
                        'call: --seed, --seed+1, ...')
   flags.DEFINE_integer('seed', _D.seed, 'First seed.')
-  flags.DEFINE_integer('seed_block', _D.seed_block, 'Seeds vmapped together '
+  flags.DEFINE_integer('seed_block', seed_block, 'Seeds vmapped together '
                        '(blocks are mapped over in one compiled call); seed '
                        'i is bit-identical across --num_seeds for a fixed '
                        'block. Use a large block (e.g. 256) on GPU/TPU.')

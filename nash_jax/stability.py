@@ -1,0 +1,141 @@
+"""The stability study (ALGORITHMS.md section 5, claims 1 and 2).
+
+Self-play policy gradient / online IPO converges in the last iterate but has
+a stability limit: as ``beta`` shrinks or the step grows it slows, oscillates
+or diverges. Nash Prox wraps the same update in a proximal-point loop. The
+study runs each algorithm over a grid of ``beta`` x ``learning_rate`` for
+many seeds (each cell and seed with its own game, all cells of an algorithm
+in one compiled call via :func:`nash_jax.experiment.run_sweep`) and records,
+per cell, the fraction of seeds whose last iterate is within
+``kl_threshold`` of ``pi*_beta`` once the query budget is spent, and the
+distribution of the final KL.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+
+from nash_jax import experiment
+from nash_jax.analysis import style
+
+QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+STABILITY_COLUMNS = (
+    'algorithm', 'beta', 'learning_rate', 'num_seeds', 'preference_queries',
+    'fraction_converged', 'fraction_diverged', 'kl_min', 'kl_q10',
+    'kl_median', 'kl_q90', 'kl_max')
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """The grid of a stability study."""
+
+  algorithms: tuple[str, ...] = ('online_ipo', 'nash_prox')
+  betas: tuple[float, ...] = (0.1, 0.03, 0.01)
+  learning_rates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+  query_budget: int = 200_000
+  kl_threshold: float = 1e-2
+
+
+def grid(study: Study) -> dict[str, list[float]]:
+  return {'beta': list(study.betas),
+          'learning_rate': list(study.learning_rates)}
+
+
+def validate(base: experiment.ExperimentConfig, study: Study):
+  """Validates every cell of every algorithm; ``{algorithm: (cells,
+  file_game)}``. The base config's ``output_dir`` is the study's."""
+  out = {}
+  for name in study.algorithms:
+    config = base.replace(algorithm=name, output_dir=os.path.join(
+        base.output_dir, name))
+    out[name] = experiment.validate_sweep(config, grid(study))
+  return out
+
+
+def cell_summary(name: str, values: dict, results: experiment.Results,
+                 study: Study) -> dict:
+  """One row of ``stability.csv``.
+
+  A seed has converged when its final ``kl_to_equilibrium`` is below the
+  threshold, and diverged when it is not finite or above the KL of
+  ``pi_ref`` itself (the initial policy) on its game.
+  """
+  first, last = results.rows[0], results.rows[-1]
+  kl = np.asarray(last['kl_to_equilibrium'], np.float64)
+  finite = np.where(np.isfinite(kl), kl, np.inf)
+  quantiles = np.quantile(finite, QUANTILES)
+  return {
+      'algorithm': name, 'beta': values['beta'],
+      'learning_rate': values['learning_rate'],
+      'num_seeds': len(kl),
+      'preference_queries': int(np.min(last['preference_queries'])),
+      'fraction_converged': float(np.mean(finite < study.kl_threshold)),
+      'fraction_diverged': float(np.mean(
+          finite > np.asarray(first['kl_to_equilibrium']))),
+      **{f'kl_{q}': float(v) for q, v in zip(
+          ('min', 'q10', 'median', 'q90', 'max'), quantiles)},
+  }
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(STABILITY_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+
+
+def read_csv(path: str) -> list[dict]:
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    for key in STABILITY_COLUMNS[1:]:
+      row[key] = float(row[key])
+  return rows
+
+
+def plot(rows: list[dict], path: str, title: str = '') -> None:
+  """Heatmaps of ``fraction_converged`` over ``learning_rate`` x ``beta``,
+  one panel per algorithm, each cell annotated with the fraction and the
+  median final KL. Writes ``path`` (PNG) and the same name as PDF."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  names = list(dict.fromkeys(r['algorithm'] for r in rows))
+  betas = sorted({r['beta'] for r in rows}, reverse=True)
+  rates = sorted({r['learning_rate'] for r in rows})
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names) + 1, 3.6),
+                           squeeze=False, constrained_layout=True)
+  image = None
+  for ax, name in zip(axes[0], names):
+    table = np.full((len(betas), len(rates)), np.nan)
+    median = np.full_like(table, np.nan)
+    for r in rows:
+      if r['algorithm'] == name:
+        i, j = betas.index(r['beta']), rates.index(r['learning_rate'])
+        table[i, j] = r['fraction_converged']
+        median[i, j] = r['kl_median']
+    image = ax.imshow(table, vmin=0, vmax=1, cmap='viridis', aspect='auto')
+    for i in range(len(betas)):
+      for j in range(len(rates)):
+        if np.isfinite(table[i, j]):
+          ax.text(j, i, f'{table[i, j]:.2f}\nKL {median[i, j]:.0e}',
+                  ha='center', va='center', fontsize=7,
+                  color='black' if table[i, j] > 0.6 else 'white')
+    ax.set_xticks(range(len(rates)), [f'{v:g}' for v in rates])
+    ax.set_yticks(range(len(betas)), [f'{v:g}' for v in betas])
+    ax.set_xlabel('learning rate (sgd step)')
+    ax.set_ylabel('beta (KL regularization)')
+    ax.set_title(name, color=style(name)['color'])
+  fig.colorbar(image, ax=axes[0].tolist(), label='fraction of seeds converged')
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=110)
+  fig.savefig(os.path.splitext(path)[0] + '.pdf')
+  plt.close(fig)
