@@ -17,9 +17,14 @@ from nash_jax.games.core import Game
 
 
 def sample_contexts(key, game: Game, batch_size: int) -> chex.Array:
-  """``x_1..x_B ~ rho`` (``[B]`` int32)."""
-  return jax.random.categorical(key, jnp.log(game.context_weights),
-                                shape=(batch_size,)).astype(jnp.int32)
+  """``x_1..x_B ~ rho`` (``[B]`` int32), by inverse CDF (one uniform each).
+  """
+  if game.num_contexts == 1:
+    return jnp.zeros((batch_size,), jnp.int32)
+  cdf = jnp.cumsum(game.context_weights)
+  u = jax.random.uniform(key, (batch_size, 1), cdf.dtype)
+  index = jnp.sum(cdf[None, :] <= u * cdf[-1], axis=-1)
+  return jnp.minimum(index, game.num_contexts - 1).astype(jnp.int32)
 
 
 def reference_log_prob(game: Game, contexts, responses) -> chex.Array:

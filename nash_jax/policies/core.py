@@ -44,6 +44,20 @@ class Policy(NamedTuple):
   log_probs: Callable[[Any, Game, chex.Array], chex.Array] | None
 
 
+def sample_categorical(key, log_probs: chex.Array) -> chex.Array:
+  """One draw per row of ``[B, n]`` log-probabilities, by inverse CDF.
+
+  One uniform per row, where ``jax.random.categorical`` (Gumbel-max) needs
+  ``n``: random bits dominate the sampled step on CPU, and this is about
+  twice as fast at n = 20. ``y = #{k : F(k) <= u F(n-1)}`` with the
+  cumulative sums ``F``, so rows need not be normalized.
+  """
+  cdf = jnp.cumsum(jnp.exp(log_probs), axis=-1)
+  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), cdf.dtype)
+  index = jnp.sum(cdf <= u * cdf[..., -1:], axis=-1)
+  return jnp.minimum(index, log_probs.shape[-1] - 1).astype(jnp.int32)
+
+
 def enumerable(name: str, init: Callable, log_probs: Callable) -> Policy:
   """A :class:`Policy` over ``n`` responses from ``log_probs(params, game,
   contexts) -> [B, n]`` (normalized log-probabilities)."""
@@ -52,7 +66,7 @@ def enumerable(name: str, init: Callable, log_probs: Callable) -> Policy:
     chex.assert_rank(contexts, 1)
     logits = log_probs(params, game, contexts)
     logits = geometric_mixture(logits, game.log_ref_policy[contexts], mixture)
-    return jax.random.categorical(key, logits, axis=-1)
+    return sample_categorical(key, logits)
 
   def log_prob(params, game: Game, contexts, responses):
     chex.assert_equal_shape([contexts, responses])
