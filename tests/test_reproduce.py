@@ -1,0 +1,203 @@
+"""Tests of ``python -m experiments.reproduce`` and nash_jax/figures/.
+
+One end-to-end run of the binary at the hidden ``--scale=test`` (about 40 s
+on 2 CPU cores) feeds the file and content checks; the refusals of bad flags
+run as separate processes beside it. Unit tests check the figures' helpers
+against closed forms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nash_jax import figures, reference
+from nash_jax.figures import common, convergence, num_responses
+from nash_jax.games import generate_game
+
+ROOT = Path(__file__).parents[1]
+ABSL_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
+TIMEOUT_S = 300
+
+
+def _start(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'experiments.reproduce', *args], cwd=ROOT,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+  out, err = process.communicate(timeout=TIMEOUT_S)
+  return process.returncode, out, err
+
+
+def _error_lines(stderr):
+  return [line for line in stderr.splitlines()
+          if line.strip() and not ABSL_LOG_LINE.match(line)]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The test-scale run, and the bad-flag runs started beside it."""
+  root = tmp_path_factory.mktemp('reproduce')
+  out = root / 'out'
+  a_file = root / 'a_file'
+  a_file.write_text('not a directory')
+  bad = {
+      'scale': (['--scale=huge', f'--output_dir={root / "bad1"}'],
+                '--scale'),
+      'figure': (['--figures=convergence,nope', '--scale=test',
+                  f'--output_dir={root / "bad2"}'], '--figures'),
+      'plot_only': (['--plot_only', f'--output_dir={root / "bad3"}'],
+                    '--plot_only'),
+      'output_dir': ([f'--output_dir={a_file}', '--scale=test'],
+                     '--output_dir'),
+      'argument': (['stray', f'--output_dir={root / "bad4"}'],
+                   'unexpected arguments'),
+  }
+  main = _start('--scale=test', f'--output_dir={out}')
+  started = {k: _start(*args) for k, (args, _) in bad.items()}
+  refused = {k: (_finish(p), bad[k][1]) for k, p in started.items()}
+  result = _finish(main)
+  return {'out': out, 'root': root, 'main': result, 'refused': refused}
+
+
+def test_run_succeeds_and_writes_every_file(runs):
+  rc, out, err = runs['main']
+  assert rc == 0, err
+  assert 'done in' in out
+  for name in figures.FIGURES:
+    directory = runs['out'] / name
+    result = json.loads((directory / 'result.json').read_text())
+    assert result['figure'] == name and result['scale'] == 'test'
+    assert result['outputs']
+    for csv_name in result['outputs']:
+      assert csv_name.endswith('.csv')
+      assert len(common.read_csv(directory / csv_name)) > 0
+    assert (directory / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert (directory / f'{name}.pdf').read_bytes()[:5] == b'%PDF-'
+    assert figures.missing_results(name, str(directory)) is None
+
+
+def test_convergence_csv(runs):
+  directory = runs['out'] / 'convergence'
+  rows = common.read_csv(directory / 'convergence.csv')
+  rates = {r['algorithm']: r for r in common.read_csv(
+      directory / 'convergence_rates.csv')}
+  # Nash-MP's geometric-mean KL falls at every evaluation (well above the
+  # float64 floor here) and stays under the claimed bound.
+  _, kl, _ = convergence._curves(rows, 0.1, 'nash_mp', 'preference_queries')
+  mean = common.log_band(kl, axis=1)[1]
+  assert mean[-1] > 1e-13
+  assert np.all(np.diff(mean) < 0)
+  assert rates['nash_mp']['fraction_within_bound'] == 1.0
+  assert rates['nash_mp']['fitted_rate'] <= rates['nash_mp']['claimed_rate']
+  np.testing.assert_allclose(rates['nash_mp']['claimed_rate'], 1.2 ** -0.5)
+  assert rates['proximal_point']['fraction_within_bound'] == 1.0
+  assert rates['proximal_point']['rate_unit'] == 'outer_step'
+  assert rates['nash_mp']['reached_kl_1e-6'] == 1.0
+  assert {r['algorithm'] for r in rows} == {'nash_mp', 'omd',
+                                            'proximal_point'}
+  assert len({r['seed'] for r in rows}) == 3
+
+
+def test_num_responses_csv(runs):
+  rows = common.read_csv(runs['out'] / 'num_responses' / 'num_responses.csv')
+  assert {r['num_actions'] for r in rows} == {5.0, 20.0}
+  for r in rows:
+    assert np.isfinite(r['queries_to_threshold'])
+    assert r['queries_to_threshold'] <= r['claimed_queries'] + 2
+  # n = 20 is above the test config's newton_max_actions: its reference is
+  # certified by a span residual well below 1e-9.
+  big = [r for r in rows if r['num_actions'] == 20]
+  assert all(r['reference'] == 'certified_extragradient' for r in big)
+  assert all(r['reference_span'] < 1e-9 for r in big)
+
+
+def test_nash_vs_reward_csv(runs):
+  directory = runs['out'] / 'nash_vs_reward'
+  per_game = {name: common.read_csv(directory / f'nash_vs_reward_{name}.csv')
+              for name in ('rock_paper_scissors', 'cyclic', 'population',
+                           'bradley_terry')}
+  for name, rows in per_game.items():
+    for r in rows:
+      # A von Neumann winner cannot be exploited and never loses.
+      assert abs(r['exploitability_nash']) < 1e-7, name
+      assert r['exploitability_nash'] <= r['exploitability_bt_greedy'] + 1e-7
+      assert r['win_rate_nash_vs_bt_greedy'] >= 0.5 - 1e-7
+  for r in per_game['rock_paper_scissors']:
+    assert r['condorcet_winner'] == 0
+    assert r['exploitability_bt_greedy'] > 0.01
+  for r in per_game['bradley_terry']:
+    # The fit is exact on a transitive BT game (rewards recovered up to a
+    # constant) and its argmax is the Condorcet winner.
+    assert r['bt_misfit'] < 1e-8
+    assert r['condorcet_winner'] == 1
+    assert abs(r['exploitability_bt_greedy']) < 1e-7
+  summary = common.read_csv(directory / 'nash_vs_reward.csv')
+  assert {s['game'] for s in summary} == set(per_game)
+
+
+def test_plot_only_redraws_without_recomputing(runs):
+  out = runs['out']
+  before = {p: p.stat().st_mtime_ns for p in out.rglob('*')
+            if p.suffix in ('.csv', '.json', '.npy')}
+  images = {p: p.stat().st_mtime_ns for p in out.glob('*/*.png')}
+  rc, stdout, err = _finish(_start('--plot_only', f'--output_dir={out}'))
+  assert rc == 0, err
+  assert 'claim' not in stdout   # no figure was computed
+  assert {p: p.stat().st_mtime_ns for p in before} == before
+  assert len(images) == len(figures.FIGURES)
+  for path, mtime in images.items():
+    assert path.stat().st_mtime_ns > mtime
+
+
+def test_bad_flags_are_refused_with_one_line(runs):
+  for name, ((rc, out, err), flag) in runs['refused'].items():
+    lines = _error_lines(err)
+    assert rc == 2, (name, err)
+    assert len(lines) == 1, (name, err)
+    assert lines[0].startswith('error: '), name
+    assert flag in lines[0], (name, lines[0])
+  for bad in ('bad1', 'bad2', 'bad3', 'bad4'):
+    assert not (runs['root'] / bad).exists()
+
+
+def test_certified_equilibrium_matches_newton():
+  game = generate_game(jax.random.PRNGKey(3), 'random', 2, 30, 'random',
+                       jnp.float64)
+  for beta in (0.1, 0.01):
+    pi, span = num_responses.certified_equilibrium(game, beta)
+    newton = reference.regularized_equilibrium(
+        np.asarray(game.preferences), np.asarray(game.ref_policy), beta)
+    assert span < 1e-10
+    kl = np.sum(newton * np.log(newton / pi), axis=-1)
+    # The certificate: KL(pi* || pi) <= span^2 / 2, here ~5e-21, below what
+    # the KL formula resolves in float64 (~1e-15 with a Dirichlet pi_ref).
+    assert np.all(kl <= span ** 2 / 2 + 1e-14)
+    log_ratio = np.log(pi) - np.log(newton)
+    assert np.max(np.ptp(log_ratio, axis=-1)) < 1e-8
+
+
+def test_rate_helpers():
+  queries = np.arange(0, 100, 2)
+  kl = 0.3 * 0.9 ** queries
+  np.testing.assert_allclose(convergence.fitted_rate(queries, kl), 0.9)
+  np.testing.assert_allclose(convergence.nash_mp_bound(10, 0.1), 1.2 ** -5)
+  np.testing.assert_allclose(convergence.proximal_point_bound(3, 1.0), 1 / 8)
+  # KL_0 (1 + 2 beta)^(-N/2) = threshold exactly at the claimed N.
+  n = num_responses.claimed_queries(0.5, 1e-6, 0.1)
+  np.testing.assert_allclose(0.5 * 1.2 ** (-n / 2), 1e-6)
+  lo, mid, hi = common.log_band([[1e-2, 1e-4], [1e-2, 1e-4]], axis=1)
+  np.testing.assert_allclose(mid, 1e-3)
+  assert np.all(lo < mid) and np.all(mid < hi)
