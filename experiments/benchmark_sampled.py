@@ -55,7 +55,7 @@ def _setup(name, policy):
                        feature_dim=16)
   config = AlgorithmConfig(beta=BETA, mode='sampled', policy=policy,
                            batch_size=f.batch_size)
-  config = algorithms.resolve_config(name, config, f.num_contexts)
+  config = algorithms.resolve_config(name, config, f.num_contexts, 16)
   algorithms.validate_config(name, config)
   log_eq = jnp.full((f.num_contexts, f.num_actions),
                     -jnp.log(float(f.num_actions)), jnp.float32)

@@ -40,8 +40,9 @@ def define_flags(output_dir: str, num_steps: int, eval_every: int,
   flags.DEFINE_float('learning_rate', None, 'optax learning rate of the '
                      'parameter-space methods (self_play_pg, online_ipo and '
                      'every sampled algorithm); default per algorithm.')
-  flags.DEFINE_string('optimizer', _D.optimizer, 'optax optimizer of the '
-                      'parameter-space methods: sgd, adam.')
+  flags.DEFINE_string('optimizer', None, 'optax optimizer of the '
+                      'parameter-space methods: sgd, adam (default: adam '
+                      'for loglinear and mlp policies, else sgd).')
   flags.DEFINE_integer('inner_steps', None, 'proximal_point: inner '
                        'self-play steps per outer step, 0 (its default) '
                        'solves each inner game to --inner_tolerance; '

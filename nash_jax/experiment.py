@@ -59,7 +59,7 @@ class ExperimentConfig:
   beta: float = 0.1
   eta: float | None = None
   learning_rate: float | None = None
-  optimizer: str = 'sgd'
+  optimizer: str | None = None
   inner_steps: int | None = None
   inner_tolerance: float = 1e-8
   max_inner_steps: int = 100_000
@@ -194,12 +194,15 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
                         'features; give --feature_dim >= 1')
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
+  feature_dim = (file_game.feature_dim if file_game is not None else
+                 config.feature_dim)
   alg_config = algorithms_lib.resolve_config(
-      config.algorithm, config.algorithm_config(), config.num_contexts)
+      config.algorithm, config.algorithm_config(), config.num_contexts,
+      feature_dim)
   algorithms_lib.validate_config(config.algorithm, alg_config)
   config = config.replace(**{
       k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
-                                          'inner_steps')})
+                                          'inner_steps', 'optimizer')})
   try:
     checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
         config)).check(config.overwrite)

@@ -54,7 +54,8 @@ class AlgorithmConfig:
       default.
     learning_rate: optax step size for parameter-space methods; ``None``
       takes the default.
-    optimizer: ``'sgd'`` or ``'adam'`` (parameter-space methods).
+    optimizer: ``'sgd'`` or ``'adam'`` (parameter-space methods); ``None``
+      takes the default (adam for log-linear and MLP policies, else sgd).
     inner_steps: ``proximal_point``: self-play steps per outer step, ``0``
       solves the inner game to ``inner_tolerance``; ``approx_nash_mp``:
       policy-gradient steps per half step. ``None`` takes the default.
@@ -88,7 +89,7 @@ class AlgorithmConfig:
   beta: float = 0.1
   eta: float | None = None
   learning_rate: float | None = None
-  optimizer: str = 'sgd'
+  optimizer: str | None = None
   inner_steps: int | None = None
   inner_tolerance: float = 1e-8
   max_inner_steps: int = 100_000
