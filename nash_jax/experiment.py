@@ -386,10 +386,13 @@ def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
 
 
 def sweep_checkpoint_config(configs: list[ExperimentConfig]) -> dict:
-  """What a sweep's checkpoints are checked against: every cell's config."""
+  """What a sweep's checkpoints are checked against: every cell's config
+  (less the settings a resumed run may change, such as ``num_steps``)."""
   if len(configs) == 1:
     return dataclasses.asdict(configs[0])
-  return {'cells': [dataclasses.asdict(c) for c in configs]}
+  return {'cells': [{k: v for k, v in dataclasses.asdict(c).items()
+                     if k not in checkpoint_lib.RESUMABLE_CHANGES}
+                    for c in configs]}
 
 
 def _tile(tree, times: int):

@@ -125,3 +125,41 @@ def test_longer_rerun_continues_from_the_finished_run(tmp_path):
               ).returncode == 0
   _same_results(reference, out)
   shutil.rmtree(out / 'checkpoints')
+
+
+SAMPLED = {
+    'nash_prox_mlp_ema': ['--mode=sampled', '--algorithm=nash_prox',
+                          '--policy=mlp', '--hidden_sizes=8',
+                          '--game=annotators', '--feature_dim=4',
+                          '--anchor=ema', '--anchor_tau=0.1',
+                          '--batch_size=8'],
+    'approx_nash_mp_tabular': ['--mode=sampled', '--algorithm=approx_nash_mp',
+                               '--inner_steps=3', '--batch_size=8'],
+    'online_ipo_sweep': ['--mode=sampled', '--algorithm=online_ipo',
+                         '--batch_size=8', '--sweep=learning_rate=0.01,0.1'],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(SAMPLED))
+def test_sampled_runs_resume_bit_identically(tmp_path, name):
+  # The state of the sampled algorithms (policy params of every class,
+  # optimizer state, anchors, PRNG keys) goes through the checkpoints: a run
+  # continued from step 40 equals a run of 90 steps; a sweep resumes too.
+  extra = SAMPLED[name]
+  out = tmp_path / 'run'
+  assert _run(out, *extra, '--num_steps=40', '--checkpoint_every=20'
+              ).returncode == 0
+  longer = _run(out, *extra, '--num_steps=90', '--checkpoint_every=20')
+  assert longer.returncode == 0, longer.stderr[-2000:]
+  reference = tmp_path / 'reference'
+  assert _run(reference, *extra, '--num_steps=90', '--checkpoint_every=0'
+              ).returncode == 0
+  if name.endswith('sweep'):
+    cells = sorted(p.name for p in reference.iterdir() if p.is_dir())
+    assert cells == ['learning_rate=0.01', 'learning_rate=0.1']
+    for cell in cells:
+      _same_results(reference / cell, out / cell)
+  else:
+    assert 'resuming from step 40' in longer.stdout
+    _same_results(reference, out)
