@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from nash_jax import algorithms as algorithms_lib
-from nash_jax import experiment
+from nash_jax import experiment, reference
 from nash_jax.algorithms import ALGORITHM_NAMES
 from nash_jax.games import GENERATORS
 
@@ -116,6 +116,34 @@ PLAN['file/npz'] = (MATRIX_GAME, [
 PLAN['compare'] = (COMPARE, [
     '--algorithms=nash_mp,omd,proximal_point', '--num_actions=6',
     '--num_seeds=2', '--query_budget=60', '--eval_every=5'])
+
+# Sampled mode (--mode=sampled): every sampled algorithm with the tabular
+# policy, and the log-linear and MLP policies on the annotators game; tiny
+# runs of 20 steps of batch 8. Seed 5 of two sweeps is run alone too.
+SAMPLED_BATCH = 8
+SAMPLED_CASES = {  # name -> extra flags
+    **{alg: [f'--algorithm={alg}'] for alg in
+       algorithms_lib.SAMPLED_ALGORITHM_NAMES},
+    'loglinear': ['--algorithm=nash_prox', '--policy=loglinear',
+                  '--game=annotators', '--feature_dim=4', '--num_contexts=2',
+                  '--anchor=ema', '--anchor_tau=0.5'],
+    'mlp': ['--algorithm=self_play_pg', '--policy=mlp', '--game=annotators',
+            '--feature_dim=3', '--num_contexts=2', '--hidden_sizes=8,8'],
+}
+SAMPLED_SINGLES = ('online_ipo', 'mlp')
+
+
+def _sampled_args(name, num_seeds=3, seed=4):
+  return ['--mode=sampled', '--num_actions=5', f'--num_seeds={num_seeds}',
+          f'--seed={seed}', '--num_steps=20', '--eval_every=10',
+          f'--batch_size={SAMPLED_BATCH}', *SAMPLED_CASES[name]]
+
+
+for _name in SAMPLED_CASES:
+  PLAN[f'sampled/{_name}'] = (MATRIX_GAME, _sampled_args(_name))
+for _name in SAMPLED_SINGLES:
+  PLAN[f'sampled-single/{_name}'] = (MATRIX_GAME, _sampled_args(
+      _name, num_seeds=1, seed=5))
 
 
 def _write_game_files(data: Path) -> dict:
@@ -693,6 +721,136 @@ def test_compare(runner):
   for name in names:
     assert any(line.startswith(name) for line in run.stdout.splitlines())
   assert run.stdout.splitlines()[-1].startswith(f'wrote {out}')
+
+
+# --------------------------------------------------------------------------
+# experiments.matrix_game --mode=sampled, end to end.
+
+
+@pytest.mark.parametrize('name', list(SAMPLED_CASES))
+@uses(lambda name: [f'sampled/{name}'])
+def test_matrix_game_sampled(runner, name):
+  run, out = runner.get(f'sampled/{name}')
+  layout = check_layout(out)  # Same files as exact mode; KL recomputed.
+  config = layout.config
+  flags = dict(a[2:].split('=', 1) for a in SAMPLED_CASES[name])
+  policy = flags.get('policy', 'tabular')
+  assert (config['mode'], config['algorithm'], config['policy'],
+          config['batch_size'], config['num_seeds'], config['num_steps']) == (
+              'sampled', flags['algorithm'], policy, SAMPLED_BATCH, 3, 20)
+  assert config['optimizer'] == ('sgd' if policy == 'tabular' else 'adam')
+  assert config['learning_rate'] > 0
+  if flags['algorithm'] == 'approx_nash_mp':
+    assert config['inner_steps'] == 10
+  assert layout.header == METRIC_HEADER + ['loss']
+  assert layout.steps == [0, 10, 20]
+  # One preference query per comparison, batch_size a step.
+  for row in layout.rows:
+    assert int(row['preference_queries']) == (
+        int(row['step']) * SAMPLED_BATCH), row
+    assert math.isfinite(float(row['loss']))
+  # [S, X, n] policies whose rows sum to 1 (check_layout), that moved from
+  # pi_ref and differ between seeds, which draw their own games.
+  assert layout.final_policy.shape == (3, int(flags.get('num_contexts', 1)),
+                                       5)
+  assert not np.array_equal(layout.equilibrium[0], layout.equilibrium[1])
+  assert not np.allclose(layout.final_policy[0], layout.final_policy[1])
+  assert np.all(layout.last('win_rate_vs_ref') != 0.5)
+  progress = [line for line in run.stdout.splitlines()
+              if line.startswith(f'[{flags["algorithm"]}] step')]
+  assert len(progress) == 3, run.stdout
+  assert run.stdout.splitlines()[-1].startswith(f'wrote {out}')
+
+  # The equilibrium is that of the regenerated games, and a log-linear
+  # final policy is in its class: log(pi / pi_ref) = phi theta + c(x).
+  games = experiment.build_games(experiment.ExperimentConfig(**{
+      **config, 'hidden_sizes': tuple(config['hidden_sizes'])}), None)
+  for i in range(3):
+    eq = reference.regularized_equilibrium(games.preferences[i],
+                                           games.ref_policy[i], 0.1)
+    np.testing.assert_allclose(layout.equilibrium[i], eq, rtol=1e-9,
+                               atol=1e-12)
+  if policy == 'loglinear':
+    for i in range(3):
+      phi = np.asarray(games.features[i])            # [X, n, d]
+      num_contexts = phi.shape[0]
+      design = np.concatenate([phi.reshape(-1, phi.shape[-1]), np.kron(
+          np.eye(num_contexts), np.ones((5, 1)))], axis=1)
+      target = np.log(layout.final_policy[i] /
+                      np.asarray(games.ref_policy[i])).reshape(-1)
+      coef = np.linalg.lstsq(design, target, rcond=None)[0]
+      np.testing.assert_allclose(design @ coef, target, atol=1e-8)
+      assert np.max(np.abs(coef[:phi.shape[-1]])) > 1e-4
+
+
+@pytest.mark.parametrize('name', SAMPLED_SINGLES)
+@uses(lambda name: [f'sampled/{name}', f'sampled-single/{name}'])
+def test_sampled_sweep_seed_equals_single_run(runner, name):
+  sweep = check_layout(runner.get(f'sampled/{name}')[1])
+  single = check_layout(runner.get(f'sampled-single/{name}')[1])
+  assert single.config['num_seeds'] == 1 and single.config['seed'] == 5
+  assert np.array_equal(sweep.final_policy[1], single.final_policy[0])
+  assert np.array_equal(sweep.equilibrium[1], single.equilibrium[0])
+  seed5 = [line for line in sweep.lines if line.startswith('5,')]
+  assert sweep.lines[0] == single.lines[0]
+  assert seed5 and seed5 == single.lines[1:]
+  assert sweep.summary['final'][1] == single.summary['final'][0]
+
+
+SAMPLED_TINY = ['--mode=sampled', '--algorithm=nash_prox', '--batch_size=8']
+
+# (id, flags after MG_TINY, the flag the one error line starts with, and
+# what else it must contain).
+SAMPLED_REFUSED = [
+    ('batch_size', [*SAMPLED_TINY, '--batch_size=0'], 'batch_size', []),
+    ('anchor_every', [*SAMPLED_TINY, '--anchor_every=0'], 'anchor_every', []),
+    ('anchor_tau_zero', [*SAMPLED_TINY, '--anchor_tau=0'], 'anchor_tau', []),
+    ('anchor_tau_large', [*SAMPLED_TINY, '--anchor_tau=1.5'], 'anchor_tau',
+     []),
+    ('anchor', [*SAMPLED_TINY, '--anchor=lazy'], 'anchor', ['lazy']),
+    ('feature_dim_zero', [*SAMPLED_TINY, '--policy=loglinear',
+                          '--feature_dim=0'], 'policy', ['--feature_dim']),
+    ('feature_dim_annotators', [*SAMPLED_TINY, '--game=annotators',
+                                '--feature_dim=0'], 'feature_dim', []),
+    ('policy', [*SAMPLED_TINY, '--policy=transformer'], 'policy',
+     ['transformer']),
+    ('policy_exact', ['--policy=loglinear'], 'policy', ['--mode=sampled']),
+    ('sampled_nash_mp', ['--mode=sampled', '--algorithm=nash_mp'], 'mode',
+     ['nash_mp']),
+    ('exact_nash_prox', ['--algorithm=nash_prox'], 'mode', ['nash_prox']),
+    ('mode', ['--mode=batched'], 'mode', ['batched']),
+    ('hidden_sizes_letters', [*SAMPLED_TINY, '--hidden_sizes=a,b'],
+     'hidden_sizes', []),
+    ('hidden_sizes_zero', [*SAMPLED_TINY, '--policy=mlp',
+                           '--hidden_sizes=8,0'], 'hidden_sizes', []),
+    ('oracle', [*SAMPLED_TINY, '--oracle=human'], 'oracle', ['human']),
+    ('mixture', ['--mode=sampled', '--algorithm=nash_md_pg',
+                 '--mixture=1.5'], 'mixture', []),
+    ('max_grad_norm', [*SAMPLED_TINY, '--max_grad_norm=0'], 'max_grad_norm',
+     []),
+    ('schedule', [*SAMPLED_TINY, '--schedule=linear'], 'schedule', []),
+    ('decay_steps', [*SAMPLED_TINY, '--schedule=cosine', '--decay_steps=0'],
+     'decay_steps', []),
+    ('inner_steps', ['--mode=sampled', '--algorithm=approx_nash_mp',
+                     '--inner_steps=0'], 'inner_steps', []),
+    ('file_without_features', [*SAMPLED_TINY, '--policy=loglinear',
+                               '--game=file',
+                               '--game_file={data}/game.npz'], 'policy',
+     ['features']),
+]
+
+
+@pytest.mark.parametrize('name,args,flag,fragments', SAMPLED_REFUSED,
+                         ids=[c[0] for c in SAMPLED_REFUSED])
+def test_sampled_bad_input_is_refused(runner, tmp_path, name, args, flag,
+                                      fragments):
+  out = tmp_path / 'out'
+  run = runner.run(MATRIX_GAME, [f'--output_dir={out}', *MG_TINY,
+                                 *_fill(args, runner.data)])
+  check_refused(run, out, must_contain=fragments)
+  lines = [line for line in run.stderr.splitlines()
+           if line.strip() and not ABSL_LOG_LINE.match(line)]
+  assert lines[0].startswith(f'error: --{flag}:'), run.describe()
 
 
 # --------------------------------------------------------------------------

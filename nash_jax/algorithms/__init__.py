@@ -240,31 +240,33 @@ def _finite(flag, value):
     raise ConfigError(flag, f'must be a finite number, got {value}')
 
 
-def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
-  """The checks of the sampled mode's settings."""
-  if config.policy not in policies.POLICIES:
-    raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
-                      f'one of {", ".join(policies.POLICIES)}')
+def _validate_sampled_settings(config: AlgorithmConfig) -> None:
+  """Range checks of the sampled mode's settings, in every mode and for
+  every algorithm (a value no run could use is refused even where it would
+  be ignored)."""
   if config.batch_size < 1:
     raise ConfigError('batch_size', f'must be >= 1, got {config.batch_size}')
   if config.oracle not in ORACLES:
     raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
                       f'one of {", ".join(ORACLES)}')
-  if name == 'nash_prox':
-    if config.anchor not in ANCHORS:
-      raise ConfigError('anchor', f'unknown anchor {config.anchor!r}; '
-                        f'expected one of {", ".join(ANCHORS)}')
-    if config.anchor_every < 1:
-      raise ConfigError('anchor_every',
-                        f'must be >= 1, got {config.anchor_every}')
-    if not 0 < config.anchor_tau <= 1:
-      raise ConfigError('anchor_tau', f'must be in (0, 1], got '
-                        f'{config.anchor_tau}')
+  if config.anchor not in ANCHORS:
+    raise ConfigError('anchor', f'unknown anchor {config.anchor!r}; '
+                      f'expected one of {", ".join(ANCHORS)}')
+  if config.anchor_every < 1:
+    raise ConfigError('anchor_every',
+                      f'must be >= 1, got {config.anchor_every}')
+  if not 0 < config.anchor_tau <= 1:
+    raise ConfigError('anchor_tau', f'must be in (0, 1], got '
+                      f'{config.anchor_tau}')
+  if not 0 <= config.mixture <= 1:
+    raise ConfigError('mixture', f'must be in [0, 1], got {config.mixture}')
+
+
+def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
+  """The checks of the sampled mode's algorithm-specific settings."""
   if name == 'approx_nash_mp' and config.inner_steps < 1:
     raise ConfigError('inner_steps', f'approx_nash_mp needs >= 1 policy-'
                       f'gradient steps per half step, got {config.inner_steps}')
-  if name == 'nash_md_pg' and not 0 <= config.mixture <= 1:
-    raise ConfigError('mixture', f'must be in [0, 1], got {config.mixture}')
   if config.max_grad_norm is not None and not config.max_grad_norm > 0:
     raise ConfigError('max_grad_norm', f'must be > 0, got '
                       f'{config.max_grad_norm}')
@@ -277,6 +279,9 @@ def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
 def validate_config(name: str, config: AlgorithmConfig) -> None:
   """Raises :class:`ConfigError` for settings ``name`` cannot run with."""
   spec = _spec(name, config.mode)
+  if config.policy not in policies.POLICIES:
+    raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
+                      f'one of {", ".join(policies.POLICIES)}')
   if config.mode == 'exact' and config.policy != 'tabular':
     raise ConfigError('policy', f'{config.policy} policies need --mode='
                       'sampled (the exact mode updates tabular policies)')
@@ -317,6 +322,7 @@ def validate_config(name: str, config: AlgorithmConfig) -> None:
                       f'expected one of {", ".join(INITS)}')
   if config.init_scale < 0:
     raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
+  _validate_sampled_settings(config)
   if config.mode == 'sampled':
     _validate_sampled(name, config)
   if name == 'proximal_point':

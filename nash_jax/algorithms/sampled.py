@@ -211,8 +211,8 @@ def make_nash_prox(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   Each step descends :func:`nash_jax.rules.nash_prox_sample_loss` around the
   anchor ``pi_k``. ``anchor='copy'``: ``theta_k <- theta`` after every
   ``anchor_every`` (``M``) steps, so each anchor is an outer proximal-point
-  step solved by ``M`` inner steps (exact PP as ``M`` grows; ``M = 1`` is
-  online IPO with step ``kappa * learning_rate``). ``anchor='ema'``:
+  step solved by ``M`` inner steps (exact PP as ``M`` grows; ``M = 1`` with
+  sgd is online IPO with step ``kappa * learning_rate``). ``anchor='ema'``:
   ``theta_k <- (1 - tau) theta_k + tau theta`` after every step.
   """
 
