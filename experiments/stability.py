@@ -34,7 +34,8 @@ flags.DEFINE_list('betas', [f'{b:g}' for b in _S.betas], 'beta values.')
 flags.DEFINE_list('learning_rates', [f'{v:g}' for v in _S.learning_rates],
                   'Learning rates (the sgd step of each algorithm\'s loss).')
 flags.DEFINE_integer('query_budget', _S.query_budget, 'Preference queries '
-                     'per seed (sets --num_steps to budget / batch_size in '
+                     'per seed (sets --num_steps to budget / batch_size, rounded up '
+                     'to whole --eval_every chunks, in '
                      'sampled mode).')
 flags.DEFINE_float('kl_threshold', _S.kl_threshold, 'A seed has converged '
                    'when its final kl_to_equilibrium is below this.')
@@ -73,8 +74,10 @@ def main(argv):
     base = common.config_from_flags()
     per_step = base.batch_size if base.mode == 'sampled' else 1
     steps = f.num_steps or math.ceil(f.query_budget / max(per_step, 1))
-    base = base.replace(num_steps=steps,
-                        eval_every=f.eval_every or max(1, steps // 10))
+    every = f.eval_every or math.ceil(steps / 10)
+    # Whole chunks only: a shorter last chunk would compile a second program.
+    base = base.replace(num_steps=every * math.ceil(steps / every),
+                        eval_every=every)
     plan = stability.validate(base, study)
   except common.USER_ERRORS as e:
     common.fail(str(e))

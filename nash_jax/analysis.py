@@ -24,6 +24,11 @@ ALGORITHM_STYLE = {
     'sppo': ('#999999', ':'),
     'self_play_pg': ('#000000', '-'),
     'online_ipo': ('#000000', ':'),
+    # Sampled-mode algorithms: the colour of the exact method each one
+    # approximates, told apart from it by the line style.
+    'nash_prox': ('#CC79A7', '--'),
+    'approx_nash_mp': ('#D55E00', '--'),
+    'nash_md_pg': ('#E69F00', '-'),
 }
 
 

@@ -223,18 +223,28 @@ def shares_game(config: ExperimentConfig) -> bool:
   return config.game == 'file' or config.game_seed is not None
 
 
+@functools.lru_cache(maxsize=32)
+def _game_generator(game, num_contexts, num_actions, ref_policy, dtype,
+                    feature_dim):
+  """The jitted, vmapped generator of a game family and size (cached, so
+  that runs on games of one kind compile it once)."""
+  return jax.jit(jax.vmap(lambda key: generate_game(
+      key, game, num_contexts, num_actions, ref_policy, jnp.dtype(dtype),
+      feature_dim)))
+
+
 def build_games(config: ExperimentConfig, file_game: Game | None):
   """The game(s): one shared :class:`Game`, or a batch ``[num_seeds, ...]``."""
   dtype = jnp.dtype(config.dtype)
   if file_game is not None:
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), file_game)
-  gen = lambda key: generate_game(key, config.game, config.num_contexts,
-                                  config.num_actions, config.ref_policy, dtype,
-                                  config.feature_dim)
+  gen = _game_generator(config.game, config.num_contexts, config.num_actions,
+                        config.ref_policy, config.dtype, config.feature_dim)
   if config.game_seed is not None:
-    return gen(jax.random.PRNGKey(config.game_seed))
+    return jax.tree.map(lambda x: x[0],
+                        gen(jax.random.PRNGKey(config.game_seed)[None]))
   game_keys, _ = seed_keys(config)
-  return jax.jit(jax.vmap(gen))(game_keys)
+  return gen(game_keys)
 
 
 def equilibria(config: ExperimentConfig, games: Game, shared: bool):

@@ -101,8 +101,9 @@ def read_csv(path: str) -> list[dict]:
 
 def plot(rows: list[dict], path: str, title: str = '') -> None:
   """Heatmaps of ``fraction_converged`` over ``learning_rate`` x ``beta``,
-  one panel per algorithm, each cell annotated with the fraction and the
-  median final KL. Writes ``path`` (PNG) and the same name as PDF."""
+  one panel per algorithm, each cell annotated with the converged and
+  diverged fractions and the median final KL. Writes ``path`` (PNG) and
+  the same name as PDF (each through a temporary name)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -116,26 +117,33 @@ def plot(rows: list[dict], path: str, title: str = '') -> None:
   for ax, name in zip(axes[0], names):
     table = np.full((len(betas), len(rates)), np.nan)
     median = np.full_like(table, np.nan)
+    diverged = np.full_like(table, np.nan)
     for r in rows:
       if r['algorithm'] == name:
         i, j = betas.index(r['beta']), rates.index(r['learning_rate'])
         table[i, j] = r['fraction_converged']
         median[i, j] = r['kl_median']
+        diverged[i, j] = r['fraction_diverged']
     image = ax.imshow(table, vmin=0, vmax=1, cmap='viridis', aspect='auto')
     for i in range(len(betas)):
       for j in range(len(rates)):
         if np.isfinite(table[i, j]):
-          ax.text(j, i, f'{table[i, j]:.2f}\nKL {median[i, j]:.0e}',
-                  ha='center', va='center', fontsize=7,
+          ax.text(j, i, f'{table[i, j]:.2f}\ndiv {diverged[i, j]:.2f}\n'
+                  f'KL {median[i, j]:.0e}', ha='center', va='center',
+                  fontsize=6.5,
                   color='black' if table[i, j] > 0.6 else 'white')
     ax.set_xticks(range(len(rates)), [f'{v:g}' for v in rates])
     ax.set_yticks(range(len(betas)), [f'{v:g}' for v in betas])
     ax.set_xlabel('learning rate (sgd step)')
     ax.set_ylabel('beta (KL regularization)')
     ax.set_title(name, color=style(name)['color'])
-  fig.colorbar(image, ax=axes[0].tolist(), label='fraction of seeds converged')
+  fig.colorbar(image, ax=axes[0].tolist(),
+               label='fraction of seeds converged (div: diverged)')
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=110)
-  fig.savefig(os.path.splitext(path)[0] + '.pdf')
+  for out, kwargs in ((path, {'dpi': 110}),
+                      (os.path.splitext(path)[0] + '.pdf', {})):
+    tmp = out + '.tmp'
+    fig.savefig(tmp, format=os.path.splitext(out)[1][1:], **kwargs)
+    os.replace(tmp, out)
   plt.close(fig)

@@ -1,9 +1,9 @@
 """Tests of ``python -m experiments.reproduce`` and nash_jax/figures/.
 
-One end-to-end run of the binary at the hidden ``--scale=test`` (about 40 s
-on 2 CPU cores) feeds the file and content checks; the refusals of bad flags
-run as separate processes beside it. Unit tests check the figures' helpers
-against closed forms.
+One end-to-end run of the binary at the hidden ``--scale=test`` (about 80 s
+on 2 CPU cores, most of it compilation) feeds the file and content checks;
+the refusals of bad flags run as separate processes beside it. Unit tests
+check the figures' helpers against closed forms.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nash_jax import figures, reference
-from nash_jax.figures import common, convergence, num_responses
+from nash_jax import figures, reference, stability
+from nash_jax.figures import common, convergence, num_responses, sampled
 from nash_jax.games import generate_game
 
 ROOT = Path(__file__).parents[1]
@@ -146,6 +146,74 @@ def test_nash_vs_reward_csv(runs):
     assert abs(r['exploitability_bt_greedy']) < 1e-7
   summary = common.read_csv(directory / 'nash_vs_reward.csv')
   assert {s['game'] for s in summary} == set(per_game)
+
+
+def test_stability_csv(runs):
+  rows = stability.read_csv(runs['out'] / 'stability' / 'stability.csv')
+  cells = {(r['algorithm'], r['beta'], r['learning_rate']) for r in rows}
+  assert cells == {(a, b, lr) for a in ('online_ipo', 'nash_prox')
+                   for b in (0.1, 0.01) for lr in (0.03, 1.0)}
+  assert len(rows) == len(cells)
+  for r in rows:
+    assert r['num_seeds'] == 4
+    assert r['preference_queries'] >= 3_200
+    for key in ('fraction_converged', 'fraction_diverged'):
+      assert 0 <= r[key] <= 1
+    assert r['fraction_converged'] + r['fraction_diverged'] <= 1
+    quantiles = [r[f'kl_{q}'] for q in ('min', 'q10', 'median', 'q90',
+                                        'max')]
+    assert quantiles == sorted(quantiles) and quantiles[0] >= 0
+  # The stability limit shows even here: online IPO at beta = 0.01 with an
+  # sgd step of 1 ends farther from pi*_beta than pi_ref on most games.
+  worst = [r for r in rows if r['algorithm'] == 'online_ipo' and
+           r['beta'] == 0.01 and r['learning_rate'] == 1.0][0]
+  assert worst['fraction_diverged'] > 0.5
+  # One result directory per algorithm and cell.
+  runs_dir = runs['out'] / 'stability' / 'runs'
+  assert len(list(runs_dir.glob('*/beta=*/summary.json'))) == len(rows)
+
+
+def test_sampled_csv(runs):
+  directory = runs['out'] / 'sampled'
+  rows = common.read_csv(directory / 'sampled.csv')
+  summary = common.read_csv(directory / 'sampled_summary.csv')
+  assert {(s['panel'], s['algorithm'], s['policy'], s['batch_size'])
+          for s in summary} == {('policies', 'nash_prox', 'loglinear', 64),
+                                ('batch', 'nash_prox', 'tabular', 16),
+                                ('batch', 'nash_prox', 'tabular', 64)}
+  for s in summary:
+    assert 0 <= s['fraction_converged'] <= 1
+    assert s['preference_queries'] >= 640
+    assert s['num_seeds'] == 2
+    assert 0 < s['kl_final_q25'] <= s['kl_final_median'] <= s['kl_final_q75']
+    assert np.isfinite(s['kl_floor_median'])
+    # Learning moved every run towards pi*_beta.
+    assert s['kl_final_median'] < s['kl_initial_median']
+  for s in summary:
+    key = {k: s[k] for k in ('panel', 'batch_size', 'policy')}
+    for seed in (0, 1):
+      run = [r for r in rows if r['seed'] == seed and
+             all(r[k] == v for k, v in key.items())]
+      queries = [r['preference_queries'] for r in run]
+      steps = [r['step'] for r in run]
+      assert queries[0] == 0 and queries[-1] >= 640
+      assert np.all(np.diff(queries) > 0) and np.all(np.diff(steps) > 0)
+      # One query per comparison, batch_size comparisons a step.
+      np.testing.assert_array_equal(queries, np.asarray(steps) *
+                                    s['batch_size'])
+      assert all(np.isfinite(r['kl_to_equilibrium']) for r in run)
+
+
+def test_sampled_floor():
+  kl = np.asarray([[1.0, 2.0]] * 7 + [[0.1, 0.4], [0.3, 0.2]])   # [T=9, 2]
+  # The last quarter of 8 steps after the first evaluation: 2 evaluations.
+  np.testing.assert_allclose(sampled.floor(kl), [0.2, 0.3])
+  np.testing.assert_allclose(sampled.floor(kl[:2]), [1.0, 2.0])
+  # 10 steps in chunks of ceil(10 / 4) = 3: 12 steps; 11 -> 11 in chunks
+  # of 1.
+  assert common.sampled_schedule(640, 64, 4) == (12, 3)
+  assert common.sampled_schedule(641, 64, 11) == (11, 1)
+  assert common.sampled_schedule(200_000, 64, 50) == (3150, 63)
 
 
 def test_plot_only_redraws_without_recomputing(runs):

@@ -7,8 +7,8 @@ them. :func:`compute` and :func:`plot` add the bookkeeping: ``result.json``
 (the config, the wall time and the files) is written last, so a directory
 without it holds no finished result and cannot be redrawn.
 
-Adding a figure (e.g. ``stability`` or ``sampled``): write a module here
-with ``compute``, ``plot`` and a ``FIGURE = Figure(...)``, add it to
+Adding a figure: write a module here with ``compute``, ``plot``,
+``validate`` and a ``CLAIM`` line, add a :class:`Figure` of it to
 :data:`FIGURES` (the order is the order of ``--figures`` by default), and a
 config file ``experiments/configs/<name>.py`` with ``get_config(scale)``.
 """
@@ -21,7 +21,13 @@ import os
 import time
 from typing import Callable
 
-from nash_jax.figures import convergence, nash_vs_reward, num_responses
+from nash_jax.figures import (
+  convergence,
+  nash_vs_reward,
+  num_responses,
+  sampled,
+  stability,
+)
 
 RESULT_FILE = 'result.json'
 
@@ -55,6 +61,10 @@ FIGURES: dict[str, Figure] = {
                num_responses.plot, num_responses.validate),
         Figure('nash_vs_reward', nash_vs_reward.CLAIM, nash_vs_reward.compute,
                nash_vs_reward.plot, nash_vs_reward.validate),
+        Figure('stability', stability.CLAIM, stability.compute,
+               stability.plot, stability.validate),
+        Figure('sampled', sampled.CLAIM, sampled.compute, sampled.plot,
+               sampled.validate),
     )
 }
 

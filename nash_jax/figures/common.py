@@ -12,6 +12,7 @@ the KL as computed (a sum of ``pi* log(pi*/pi)`` terms of order 1).
 from __future__ import annotations
 
 import csv
+import math
 import os
 
 import numpy as np
@@ -44,6 +45,28 @@ def read_csv(path: str) -> list[dict]:
   """Reads :func:`write_csv` rows back; numbers become floats."""
   with open(path, newline='') as f:
     return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def sampled_schedule(query_budget: int, batch_size: int,
+                     evaluations: int) -> tuple[int, int]:
+  """``(num_steps, eval_every)`` of a sampled run that spends at least
+  ``query_budget`` queries, ``batch_size`` a step, evaluated about
+  ``evaluations`` times: ``eval_every = ceil(ceil(Q / B) / evaluations)``
+  and ``num_steps`` the least multiple of it with ``num_steps B >= Q``.
+
+  ``eval_every`` divides ``num_steps`` so that every chunk of the run has the
+  same length: a shorter last chunk would be a second compiled program.
+  """
+  steps = math.ceil(query_budget / batch_size)
+  every = math.ceil(steps / max(1, evaluations))
+  return every * math.ceil(steps / every), every
+
+
+def thousands(ax) -> None:
+  """Labels the x axis of ``ax`` in thousands (``50k``)."""
+  import matplotlib.ticker
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+      lambda x, _: f'{x / 1000:g}k' if x else '0'))
 
 
 def column(rows: list[dict], name: str, **where) -> np.ndarray:
