@@ -1,6 +1,6 @@
 r"""Throughput of the sampled step: preference queries per second.
 
-  python -m experiments.benchmark_sampled          # full table (~3 min, 2 CPUs)
+  python -m experiments.benchmark_sampled          # full table (~12 min, 2 CPUs)
   python -m experiments.benchmark_sampled --algorithms=nash_prox \
       --policies=tabular --seeds=32
 
