@@ -150,6 +150,8 @@ def start_jax(dtype: str) -> None:
   ``--distributed`` joins the other processes (CPU hosts talk through gloo)."""
   jax.config.update('jax_enable_x64', dtype == 'float64')
   f = flags.FLAGS
+  if 'distributed' not in f:
+    return  # A binary without the multi-host flags.
   if not f.distributed:
     for name in ('coordinator_address', 'num_processes', 'process_id'):
       if f[name].value is not None:

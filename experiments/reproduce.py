@@ -33,11 +33,6 @@ flags.DEFINE_bool('plot_only', False, 'Redraw the figures from the CSV files '
                   'in OUTPUT_DIR without recomputing.')
 flags.DEFINE_string('output_dir', 'results/reproduce', 'Where each figure '
                     'gets its sub-directory.')
-# start_jax reads these; this binary runs on one process.
-flags.DEFINE_bool('distributed', False, 'Not supported here; must stay off.')
-flags.DEFINE_string('coordinator_address', None, 'Unused.')
-flags.DEFINE_integer('num_processes', None, 'Unused.')
-flags.DEFINE_integer('process_id', None, 'Unused.')
 
 
 def _check_flags(f) -> list[str]:
@@ -55,8 +50,6 @@ def _check_flags(f) -> list[str]:
                 f'{", ".join(figures.FIGURES)}')
   if len(set(f.figures)) != len(f.figures):
     common.fail('--figures: names a figure twice')
-  if f.distributed:
-    common.fail('--distributed: not supported by experiments.reproduce')
   try:
     experiment.check_output_dir(f.output_dir)
   except common.USER_ERRORS as e:
