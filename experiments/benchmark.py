@@ -22,7 +22,6 @@ peak host RSS: metrics are reduced on the device to evaluation points, so it
 must not grow with the run length. Writes the table as CSV.
 """
 
-import csv
 import os
 import resource
 import subprocess
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import common
 from nash_jax import algorithms, train
 from nash_jax.algorithms import AlgorithmConfig
 from nash_jax.games import generate_game
@@ -170,7 +170,7 @@ def main(argv):
             'blocked/numpy', 'loop/numpy', 'vmap/loop', 'gflops',
             'gflops/matmul']
   rows = []
-  print(' '.join(f'{h:>13}' for h in header))
+  print(common.table_line(header, 13))
   for n in sizes:
     for s in seeds:
       steps = max(2, min(200, int(2e7 / (4 * n * n * s))))
@@ -182,13 +182,8 @@ def main(argv):
       row = [n, s, vmap, blocked, loop, plain, vmap / plain, blocked / plain,
              loop / plain, vmap / loop, gflops, gflops * 1e9 / peak]
       rows.append(row)
-      print(' '.join(f'{v:>13.4g}' if isinstance(v, float) else f'{v:>13}'
-                     for v in row), flush=True)
-  os.makedirs(os.path.dirname(f.output) or '.', exist_ok=True)
-  with open(f.output, 'w', newline='') as out:
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
+      print(common.table_line(row, 13), flush=True)
+  common.write_table(f.output, header, rows)
   print(f'wrote {f.output} (rates in seed-steps per second)')
   if f.memory:
     for steps in (100_000, 1_000_000):

@@ -20,7 +20,6 @@ Each measurement runs ``--steps`` steps with one evaluation at the end
 CSV.
 """
 
-import csv
 import os
 import time
 
@@ -95,7 +94,7 @@ def main(argv):
         f'{f.batch_size}, float32, {f.steps} steps per measurement')
   header = ['algorithm', 'policy', 'seeds', 'vmap', 'blocked', 'loop',
             'vmap/loop', 'blocked/loop']
-  print(' '.join(f'{h:>14}' for h in header))
+  print(common.table_line(header, 14))
   rows = []
   for name in f.algorithms:
     for policy in f.policies:
@@ -121,13 +120,8 @@ def main(argv):
         row = [name, policy, s, vmap, blocked, looped, vmap / looped,
                blocked / looped]
         rows.append(row)
-        print(' '.join(f'{v:>14.4g}' if isinstance(v, float) else f'{v:>14}'
-                       for v in row), flush=True)
-  os.makedirs(os.path.dirname(f.output) or '.', exist_ok=True)
-  with open(f.output, 'w', newline='') as out:
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
+        print(common.table_line(row, 14), flush=True)
+  common.write_table(f.output, header, rows)
   print(f'wrote {f.output} (rates in preference queries per second)')
 
 

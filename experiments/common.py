@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import sys
 
 import jax
@@ -171,6 +173,21 @@ def quiet_logs() -> None:
   """Only warnings and errors from absl logging (JAX, orbax) on stderr."""
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+
+
+def table_line(cells, width: int) -> str:
+  """One right-aligned line of a benchmark table (floats to 4 digits)."""
+  return ' '.join(f'{v:>{width}.4g}' if isinstance(v, float) else
+                  f'{v:>{width}}' for v in cells)
+
+
+def write_table(path: str, header: list[str], rows: list[list]) -> None:
+  """Writes a benchmark table as CSV (creating the directory)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w', newline='') as out:
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
 
 
 def fail(message: str) -> None:

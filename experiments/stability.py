@@ -25,8 +25,9 @@ import jax
 from absl import app, flags
 
 from experiments import common
-from nash_jax import experiment, stability
+from nash_jax import stability
 from nash_jax.algorithms import ConfigError
+from nash_jax.figures.common import sampled_schedule
 
 _S = stability.Study()
 flags.DEFINE_list('algorithms', list(_S.algorithms), 'Algorithms to study.')
@@ -72,21 +73,20 @@ def main(argv):
                             _floats('learning_rates'), f.query_budget,
                             f.kl_threshold)
     base = common.config_from_flags()
-    per_step = base.batch_size if base.mode == 'sampled' else 1
-    steps = f.num_steps or math.ceil(f.query_budget / max(per_step, 1))
-    every = f.eval_every or math.ceil(steps / 10)
-    # Whole chunks only: a shorter last chunk would compile a second program.
-    base = base.replace(num_steps=every * math.ceil(steps / every),
-                        eval_every=every)
+    per_step = max(base.batch_size, 1) if base.mode == 'sampled' else 1
+    queries = f.num_steps * per_step if f.num_steps else f.query_budget
+    steps, every = sampled_schedule(queries, per_step, 10)
+    if f.eval_every:  # Whole chunks of the given length.
+      every = f.eval_every
+      steps = every * math.ceil(steps / every)
+    base = base.replace(num_steps=steps, eval_every=every)
     plan = stability.validate(base, study)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   start = time.time()
-  rows = []
-  for name, (cells, file_game) in plan.items():
-    results = stability_run(name, cells, file_game, base, study)
-    for (values, _), res in zip(cells, results):
-      rows.append(stability.cell_summary(name, values, res, study))
+  log = print if jax.process_index() == 0 else (lambda line: None)
+  rows = stability.run(plan, study, base.output_dir,
+                       checkpoint_every=base.checkpoint_every, log=log)
   if jax.process_index() != 0:
     return
   path = os.path.join(base.output_dir, 'stability.csv')
@@ -96,28 +96,9 @@ def main(argv):
                  f'{base.mode} ({base.policy}, batch {base.batch_size}), '
                  f'{base.num_seeds} seeds, {study.query_budget} queries, '
                  f'converged: KL < {study.kl_threshold:g}')
-  for r in rows:
-    print(f'{r["algorithm"]:<15} beta {r["beta"]:<6g} lr {r["learning_rate"]:<7g}'
-          f' converged {r["fraction_converged"]:.2f}  diverged '
-          f'{r["fraction_diverged"]:.2f}  median KL {r["kl_median"]:.2e}')
+  for row in rows:
+    print(stability.format_row(row))
   print(f'wrote {path} ({time.time() - start:.1f}s)')
-
-
-def stability_run(name, cells, file_game, base, study):
-  """Runs one algorithm's grid and writes its cell directories."""
-  t = time.time()
-  results = experiment.run_sweep(
-      [c for _, c in cells], os.path.join(base.output_dir, name), file_game,
-      log=lambda line: None, query_budget=study.query_budget,
-      checkpoint_every=base.checkpoint_every)
-  for res in results:
-    experiment.write_results(res)
-  experiment.write_sweep_table(cells, results,
-                               os.path.join(base.output_dir, name))
-  if jax.process_index() == 0:
-    print(f'{name}: {len(cells)} cells x {base.num_seeds} seeds in '
-          f'{time.time() - t:.1f}s')
-  return results
 
 
 if __name__ == '__main__':

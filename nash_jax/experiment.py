@@ -302,6 +302,14 @@ def algorithm_maker(config: ExperimentConfig):
   return _maker(config.algorithm, structure)
 
 
+@functools.lru_cache(maxsize=64)
+def _final_log_policy(make, shared: bool):
+  """Jitted ``log pi`` of every run's final state (compiled once per
+  algorithm structure, not once per run)."""
+  return jax.jit(jax.vmap(lambda h, state, game: make(h).log_policy(
+      state, game), in_axes=(0, 0, None if shared else 0)))
+
+
 def run(config: ExperimentConfig, file_game: Game | None = None,
         log: Callable[[str], None] = print,
         query_budget: int | None = None, prepared=None) -> Results:
@@ -526,10 +534,8 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
     if done != saved['done']:
       checkpointer.save(done, state, rows)
     checkpointer.close()
-  log_policy = jax.jit(jax.vmap(lambda h, st, g: make(h).log_policy(st, g),
-                                in_axes=(0, 0, None if shared else 0)))
-  final_policy = np.exp(np.asarray(log_policy(hyper, state, games),
-                                   np.float64))
+  final_policy = np.exp(np.asarray(
+      _final_log_policy(make, shared)(hyper, state, games), np.float64))
   if shared:
     equilibrium = np.broadcast_to(equilibrium, (num_seeds,) + equilibrium.shape)
   wall = time.time() - start

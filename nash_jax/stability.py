@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -79,6 +80,43 @@ def cell_summary(name: str, values: dict, results: experiment.Results,
       **{f'kl_{q}': float(v) for q, v in zip(
           ('min', 'q10', 'median', 'q90', 'max'), quantiles)},
   }
+
+
+def run(plan: dict, study: Study, output_dir: str, *, prepared=None,
+        checkpoint_every: int = 0,
+        log: Callable[[str], None] = lambda line: None) -> list[dict]:
+  """Runs every algorithm's grid of a plan from :func:`validate`.
+
+  The algorithms play the same games (drawn and solved once, or taken from
+  ``prepared``, see :func:`nash_jax.experiment.prepare`); all cells and
+  seeds of an algorithm are one :func:`nash_jax.experiment.run_sweep`.
+  Writes each cell's results and the algorithm's ``sweep.csv`` under
+  ``output_dir/<algorithm>/``; returns the ``stability.csv`` rows.
+  """
+  rows = []
+  for name, (cells, file_game) in plan.items():
+    out = os.path.join(output_dir, name)
+    prepared = prepared or experiment.prepare(cells[0][1], file_game)
+    results = experiment.run_sweep(
+        [c for _, c in cells], out, file_game, log=lambda line: None,
+        query_budget=study.query_budget, prepared=prepared,
+        checkpoint_every=checkpoint_every)
+    for res in results:
+      experiment.write_results(res)
+    experiment.write_sweep_table(cells, results, out)
+    log(f'{name}: {len(cells)} cells x {cells[0][1].num_seeds} seeds, '
+        f'{study.query_budget} queries in {results[0].wall_time:.1f}s')
+    rows += [cell_summary(name, values, res, study)
+             for (values, _), res in zip(cells, results)]
+  return rows
+
+
+def format_row(row: dict) -> str:
+  """One line of a ``stability.csv`` row, for logs."""
+  return (f'{row["algorithm"]:<15} beta {row["beta"]:<6g} lr '
+          f'{row["learning_rate"]:<7g} converged {row["fraction_converged"]:.2f}'
+          f'  diverged {row["fraction_diverged"]:.2f}  median KL '
+          f'{row["kl_median"]:.2e}')
 
 
 def write_csv(rows: list[dict], path: str) -> None:

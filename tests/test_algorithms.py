@@ -986,3 +986,18 @@ def test_self_play_pg_with_adam_decreases_kl():
   kls = kl_path(game, log_eq, trajectory('self_play_pg', config, game, 500))
   assert kls[-1] < 0.5 * kls[0]
   assert np.all(np.diff(kls) <= 1e-12)
+
+
+def test_experiment_config_mirrors_algorithm_config_defaults():
+  # ExperimentConfig lists AlgorithmConfig's fields again (they are the
+  # binaries' flags); a default that drifts in one copy would silently give
+  # library and binary users different algorithms.
+  import dataclasses
+
+  from nash_jax.experiment import ExperimentConfig
+  experiment_defaults = {f.name: f.default
+                         for f in dataclasses.fields(ExperimentConfig)}
+  for field in dataclasses.fields(AlgorithmConfig):
+    assert field.name in experiment_defaults, field.name
+    assert experiment_defaults[field.name] == field.default, field.name
+  assert ExperimentConfig().algorithm_config() == AlgorithmConfig()

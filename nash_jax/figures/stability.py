@@ -70,28 +70,10 @@ def compute(config: dict, directory: str, log) -> list[str]:
   algorithm and cell, :data:`nash_jax.stability.STABILITY_COLUMNS`) and each
   cell's result directory under ``runs/<algorithm>/``."""
   grid, base = study(config), base_config(config, directory)
-  rows, prepared = [], None
-  for name, (cells, file_game) in study_lib.validate(base, grid).items():
-    out = os.path.join(base.output_dir, name)
-    # Every algorithm plays the same games: draw them (and solve the first
-    # cell's beta) once.
-    prepared = prepared or experiment.prepare(cells[0][1], file_game)
-    results = experiment.run_sweep(
-        [c for _, c in cells], out, file_game, log=lambda line: None,
-        query_budget=grid.query_budget, prepared=prepared,
-        checkpoint_every=0)
-    for res in results:
-      experiment.write_results(res)
-    experiment.write_sweep_table(cells, results, out)
-    log(f'  stability: {name:<11} {len(cells)} cells x {base.num_seeds} '
-        f'seeds, {grid.query_budget} queries in {results[0].wall_time:.1f}s')
-    for (values, _), res in zip(cells, results):
-      row = study_lib.cell_summary(name, values, res, grid)
-      rows.append(row)
-      log(f'    beta {row["beta"]:<5g} lr {row["learning_rate"]:<6g} '
-          f'converged {row["fraction_converged"]:.2f}  diverged '
-          f'{row["fraction_diverged"]:.2f}  median KL '
-          f'{row["kl_median"]:.1e}')
+  rows = study_lib.run(study_lib.validate(base, grid), grid, base.output_dir,
+                       log=lambda line: log(f'  stability: {line}'))
+  for row in rows:
+    log(f'    {study_lib.format_row(row)}')
   study_lib.write_csv(rows, os.path.join(directory, 'stability.csv'))
   return OUTPUTS
 
