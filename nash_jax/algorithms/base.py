@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nash_jax.errors import ConfigError  # noqa: F401 (re-exported)
 from nash_jax.games.core import Game
 from nash_jax.rules import normalize
 
@@ -33,14 +34,6 @@ SCHEDULES = ('constant', 'cosine')
 MODES = ('exact', 'sampled')
 ORACLES = ('bernoulli', 'probability')
 ANCHORS = ('copy', 'ema')
-
-
-class ConfigError(ValueError):
-  """A setting that an algorithm cannot run with; names the flag."""
-
-  def __init__(self, flag: str, message: str):
-    super().__init__(f'--{flag}: {message}')
-    self.flag = flag
 
 
 @dataclasses.dataclass(frozen=True)
