@@ -27,11 +27,13 @@ import numpy as np
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
+from nash_jax import evaluation
 from nash_jax import metrics as metrics_lib
 from nash_jax import policies as policies_lib
 from nash_jax import reference
 from nash_jax import train as train_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
+from nash_jax.environments.tabular import ORACLES, make_tabular_environment
 from nash_jax.games import (
   FEATURE_GAMES,
   GENERATORS,
@@ -40,6 +42,7 @@ from nash_jax.games import (
   generate_game,
   load_game,
 )
+from nash_jax.policies import PolicyConfig
 
 GAMES = tuple(GENERATORS) + FEATURE_GAMES + ('file',)
 DTYPES = ('float64', 'float32')
@@ -98,8 +101,12 @@ class ExperimentConfig:
   def algorithm_config(self) -> AlgorithmConfig:
     fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
     values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
-    values['hidden_sizes'] = tuple(values['hidden_sizes'])
     return AlgorithmConfig(**values)
+
+  def policy_config(self) -> PolicyConfig:
+    return PolicyConfig(policy=self.policy, init=self.init,
+                        init_scale=self.init_scale,
+                        hidden_sizes=tuple(self.hidden_sizes))
 
 
 MAX_SEED = 2 ** 31 - 1
@@ -196,10 +203,14 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     config = config.replace(decay_steps=config.num_steps)
   feature_dim = (file_game.feature_dim if file_game is not None else
                  config.feature_dim)
+  policies_lib.validate_policy_config(config.policy_config())
+  if config.oracle not in ORACLES:
+    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
+                      f'one of {", ".join(ORACLES)}')
   alg_config = algorithms_lib.resolve_config(
       config.algorithm, config.algorithm_config(), config.num_contexts,
-      feature_dim)
-  algorithms_lib.validate_config(config.algorithm, alg_config)
+      feature_dim, config.policy)
+  algorithms_lib.validate_config(config.algorithm, alg_config, config.policy)
   config = config.replace(**{
       k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
                                           'inner_steps', 'optimizer')})
@@ -287,11 +298,15 @@ def hyperparameters(config: ExperimentConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def _maker(name: str, structure: AlgorithmConfig):
+def _maker(name: str, structure: AlgorithmConfig, policy: PolicyConfig,
+           oracle: str):
   """``make(hyper) -> Algorithm`` for the config ``structure`` (whose swept
-  fields are placeholders) with the swept values ``hyper`` (tracers)."""
+  fields are placeholders) with the swept values ``hyper`` (tracers), the
+  policy class and the tabular environment with ``oracle``."""
+  policy_fn = policies_lib.make_policy(policy)
+  env = make_tabular_environment(oracle)
   return lambda hyper: algorithms_lib.make_algorithm(
-      name, structure.replace(**hyper))
+      name, structure.replace(**hyper), policy_fn, env)
 
 
 def algorithm_maker(config: ExperimentConfig):
@@ -299,15 +314,17 @@ def algorithm_maker(config: ExperimentConfig):
   so that runs differing only in swept values share compilations)."""
   structure = config.algorithm_config().replace(
       **{k: 'swept' for k in hyperparameters(config)})
-  return _maker(config.algorithm, structure)
+  return _maker(config.algorithm, structure, config.policy_config(),
+                config.oracle)
 
 
 @functools.lru_cache(maxsize=64)
 def _final_log_policy(make, shared: bool):
   """Jitted ``log pi`` of every run's final state (compiled once per
   algorithm structure, not once per run)."""
-  return jax.jit(jax.vmap(lambda h, state, game: make(h).log_policy(
-      state, game), in_axes=(0, 0, None if shared else 0)))
+  return jax.jit(jax.vmap(lambda h, state, game: evaluation.log_policy(
+      evaluation.TABULAR, make(h), state, game),
+      in_axes=(0, 0, None if shared else 0)))
 
 
 def run(config: ExperimentConfig, file_game: Game | None = None,
@@ -516,9 +533,9 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
   if writer:
     writer.start(resume[1] if resume else [])
   state, rows = train_lib.train(
-      make, None, run_keys, games, log_eq, hyper=hyper,
-      num_steps=config.num_steps, eval_every=config.eval_every,
-      shared_game=shared, first_seed=config.seed,
+      make, evaluation.exact_evaluator(make), run_keys, games, log_eq,
+      hyper=hyper, num_steps=config.num_steps, eval_every=config.eval_every,
+      shared=shared, first_seed=config.seed,
       seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
       mesh=train_lib.seed_mesh(config.num_devices),
       resume=resume,

@@ -14,12 +14,11 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from nash_jax.distributions import (  # noqa: F401 (re-exported)
+  geometric_mixture,
+  normalize,
+)
 from nash_jax.games.core import win_rates
-
-
-def normalize(logits: chex.Array) -> chex.Array:
-  """Log-softmax over responses: the normalization ``pi ∝ exp(logits)``."""
-  return jax.nn.log_softmax(logits, axis=-1)
 
 
 def mirror_descent(log_policy, log_ref, g, eta, beta):
@@ -41,12 +40,6 @@ def magnetic_mirror_descent(log_policy, log_ref, g, eta, beta):
   chex.assert_equal_shape([log_policy, log_ref, g])
   return normalize((log_policy + eta * beta * log_ref + eta * g) /
                    (1 + eta * beta))
-
-
-def geometric_mixture(log_policy, log_ref, c):
-  """Nash-MD's mixture ``pi^mu ∝ pi^{1 - c} pi_ref^c``."""
-  chex.assert_equal_shape([log_policy, log_ref])
-  return normalize((1 - c) * log_policy + c * log_ref)
 
 
 def prox_coefficients(eta, beta):

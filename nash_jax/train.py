@@ -2,8 +2,10 @@
 
 ``make_chunk_runner`` returns one jitted function that advances every seed by
 ``chunk_steps`` steps (``lax.scan`` inside ``jit(vmap(...))``, as in PureJaxRL)
-and evaluates the exact metrics at the chunk's end, so only evaluation points
-ever leave the device. A Python loop between chunks logs progress (Stoix).
+and calls the ``evaluate`` function it was handed at the chunk's end, so only
+evaluation points ever leave the device. The trainer knows nothing of games,
+equilibria or tokens: an algorithm (``init``/``step`` on the environment's
+data) and ``evaluate`` come in, metrics rows go out. A Python loop between chunks logs progress (Stoix).
 
 Devices. The padded seed axis is sharded over a 1-D ``('seeds',)`` device
 mesh (``shard_map`` inside ``jit``; no ``pmap``), each device mapping over its
@@ -35,39 +37,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nash_jax import metrics as metrics_lib
-from nash_jax.algorithms.base import Algorithm, PolicyState
-from nash_jax.games.core import Game
+from nash_jax.algorithms.base import Algorithm
 
 
-def info_template(algorithm: Algorithm, state: PolicyState, game: Game):
+def info_template(algorithm: Algorithm, state, env_params):
   """Zeros shaped like the ``info`` dict that ``algorithm.step`` returns."""
-  _, info = jax.eval_shape(algorithm.step, state, game)
+  _, info = jax.eval_shape(algorithm.step, state, env_params)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), info)
 
 
-def evaluate_state(algorithm: Algorithm, state: PolicyState, game: Game, beta,
-                   log_equilibrium, info) -> dict:
-  """Metrics row of one seed: counters, exact metrics and the last step info."""
+def evaluate_state(evaluate: Callable, hyper, state, env_params, eval_data,
+                   info) -> dict:
+  """Metrics row of one run: counters, ``evaluate``'s metrics and the last
+  step's info."""
   row = {'step': state.step, 'preference_queries': state.preference_queries}
-  row.update(metrics_lib.evaluate(algorithm.log_policy(state, game), game, beta,
-                                  log_equilibrium))
+  row.update(evaluate(hyper, state, env_params, eval_data))
   row.update(info)
   return row
 
 
-def run_chunk(algorithm: Algorithm, beta, chunk_steps: int, state: PolicyState,
-              game: Game, log_equilibrium):
-  """``chunk_steps`` steps of one seed, then its metrics row."""
-  info0 = info_template(algorithm, state, game)
+def run_chunk(algorithm: Algorithm, evaluate: Callable, hyper,
+              chunk_steps: int, state, env_params, eval_data):
+  """``chunk_steps`` steps of one run, then its metrics row."""
+  info0 = info_template(algorithm, state, env_params)
 
   def body(carry, _):
     state, _ = carry
-    return algorithm.step(state, game), None
+    return algorithm.step(state, env_params), None
 
   (state, info), _ = jax.lax.scan(body, (state, info0), None,
                                   length=chunk_steps)
-  return state, evaluate_state(algorithm, state, game, beta, log_equilibrium,
+  return state, evaluate_state(evaluate, hyper, state, env_params, eval_data,
                                info)
 
 
@@ -145,45 +145,36 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
                        check_vma=False)
 
 
-def _per_run(make: Callable, fn: Callable):
-  """``fn(algorithm, beta, *args)`` as a function of one run's
-  hyperparameters: ``(hyper, *args) -> fn(make(hyper), hyper['beta'],
-  *args)``."""
-  return lambda hyper, *args: fn(make(hyper), hyper['beta'], *args)
-
-
 @functools.lru_cache(maxsize=64)
-def make_chunk_runner(make: Callable, chunk_steps: int, shared_game: bool,
-                      seed_block: int, mesh: jax.sharding.Mesh) -> Callable:
-  """The jitted, seed-blocked ``run_chunk``; the game is shared or per run.
+def make_chunk_runner(make: Callable, evaluate: Callable, chunk_steps: int,
+                      shared: bool, seed_block: int,
+                      mesh: jax.sharding.Mesh) -> Callable:
+  """The jitted, seed-blocked :func:`run_chunk`; the environment data are
+  shared by every run or per run.
 
   ``make(hyper) -> Algorithm`` builds each run's algorithm from its
   hyperparameters (traced scalars). Cached, so that repeated runs with the
-  same ``make`` reuse the compiled function.
+  same ``make`` and ``evaluate`` reuse the compiled function.
   """
-  fn = _per_run(make, lambda alg, beta, state, game, log_eq: run_chunk(
-      alg, beta, chunk_steps, state, game, log_eq))
-  return jax.jit(blocked_vmap(fn, seed_block,
-                              (False, False, shared_game, shared_game), mesh))
+  def fn(hyper, state, env_params, eval_data):
+    return run_chunk(make(hyper), evaluate, hyper, chunk_steps, state,
+                     env_params, eval_data)
+  return jax.jit(blocked_vmap(fn, seed_block, (False, False, shared, shared),
+                              mesh))
 
 
 @functools.lru_cache(maxsize=64)
-def make_initializer(make: Callable, shared_game: bool, seed_block: int,
-                     mesh: jax.sharding.Mesh):
+def make_initializer(make: Callable, evaluate: Callable, shared: bool,
+                     seed_block: int, mesh: jax.sharding.Mesh):
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
-  def init(algorithm, beta, key, game, log_eq):
-    state = algorithm.init(key, game)
-    info0 = info_template(algorithm, state, game)
-    return state, evaluate_state(algorithm, state, game, beta, log_eq, info0)
-  return jax.jit(blocked_vmap(_per_run(make, init), seed_block,
-                              (False, False, shared_game, shared_game), mesh))
-
-
-@functools.lru_cache(maxsize=64)
-def constant_maker(algorithm: Algorithm) -> Callable:
-  """``make`` of a run whose algorithm is fixed (hyperparameters closed over
-  as constants; only ``beta`` of the metrics is passed per run)."""
-  return lambda hyper: algorithm
+  def init(hyper, key, env_params, eval_data):
+    algorithm = make(hyper)
+    state = algorithm.init(key, env_params)
+    info0 = info_template(algorithm, state, env_params)
+    return state, evaluate_state(evaluate, hyper, state, env_params,
+                                 eval_data, info0)
+  return jax.jit(blocked_vmap(init, seed_block,
+                              (False, False, shared, shared), mesh))
 
 
 def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
@@ -224,28 +215,33 @@ def to_host(tree):
   return jax.device_get(tree)
 
 
-def train(algorithm: Algorithm | Callable, beta, keys, game: Game,
-          log_equilibrium, *, num_steps: int, eval_every: int,
-          shared_game: bool, first_seed: int = 0, seed_block: int = 1,
+def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
+          hyper: dict, num_steps: int, eval_every: int, shared: bool,
+          first_seed: int = 0, seed_block: int = 1,
           mesh: jax.sharding.Mesh | None = None,
           on_eval: Callable[[dict], None] | None = None,
           until: Callable[[dict], bool] | None = None,
           resume: tuple | None = None,
-          on_chunk: Callable | None = None,
-          hyper: dict | None = None):
+          on_chunk: Callable | None = None):
   """Runs every seed for ``num_steps`` steps, evaluating every ``eval_every``.
 
   Args:
-    algorithm: the algorithm; or, with ``hyper``, ``make(hyper) ->
-      Algorithm`` building a run's algorithm from its hyperparameters.
-    beta: the game's regularization, for the metrics (ignored with
-      ``hyper``, which holds each run's ``beta``).
+    make: ``make(hyper) -> Algorithm``, a run's algorithm from its
+      hyperparameters (traced scalars: runs with different step sizes,
+      ``beta`` or ``eta`` share one compiled call, a sweep). Its ``init`` and
+      ``step`` receive ``env_params``.
+    evaluate: ``evaluate(hyper, state, env_params, eval_data) -> dict`` of
+      scalar metrics of one run (the trainer knows nothing else of what it
+      trains; see :mod:`nash_jax.evaluation`).
     keys: ``[S]`` PRNG keys, one per seed (or run).
-    game: one game (``shared_game``) or a batch ``[S, ...]``.
-    log_equilibrium: ``[X, n]`` or ``[S, X, n]`` reference log-policy.
+    env_params: the environment's data (a pytree), shared by every run
+      (``shared``) or with a leading ``[S]`` axis.
+    eval_data: what ``evaluate`` reads besides the state (e.g. the exact
+      equilibrium), shared or per run like ``env_params``.
+    hyper: per-run hyperparameters, a dict of ``[S]`` arrays.
     num_steps: steps per seed.
     eval_every: steps between evaluations (the last chunk may be shorter).
-    shared_game: whether all seeds play ``game``.
+    shared: whether ``env_params`` and ``eval_data`` are shared by all runs.
     first_seed: the seed number of ``keys[0]`` (seeds are consecutive); it
       fixes each seed's lane.
     seed_block: seeds per vmapped block (see the module docstring); results
@@ -261,10 +257,6 @@ def train(algorithm: Algorithm | Callable, beta, keys, game: Game,
     on_chunk: called after each chunk as ``on_chunk(get_state, rows, done)``
       where ``get_state()`` fetches the host copy of the real seeds' state
       (only when called, e.g. to write a checkpoint).
-    hyper: per-run hyperparameters, a dict of ``[S]`` arrays with at least
-      ``'beta'``, passed to ``algorithm`` (a ``make`` function) as traced
-      scalars: runs with different step sizes, ``beta`` or ``eta`` share
-      one compiled call (a sweep).
 
   Returns:
     ``(final_state, rows)``: the final batched state and the list of
@@ -281,24 +273,18 @@ def train(algorithm: Algorithm | Callable, beta, keys, game: Game,
       lambda x: to_devices(np.asarray(x)[gather], sharded), tree)
   unpad = lambda tree: jax.tree.map(lambda x: np.asarray(x)[positions],
                                     to_host(tree))
-  if hyper is None:
-    make = constant_maker(algorithm)
-    hyper = {'beta': np.full(keys.shape[0], beta,
-                             jnp.asarray(log_equilibrium).dtype)}
-  else:
-    make = algorithm
   hyper = pad(hyper)
   keys = pad(keys)
-  if shared_game:
-    game, log_equilibrium = jax.tree.map(
+  if shared:
+    env_params, eval_data = jax.tree.map(
         lambda x: to_devices(np.asarray(x), replicated),
-        (game, log_equilibrium))
+        (env_params, eval_data))
   else:
-    game, log_equilibrium = pad((game, log_equilibrium))
+    env_params, eval_data = pad((env_params, eval_data))
   num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))
   if resume is None:
-    init = make_initializer(make, shared_game, seed_block, mesh)
-    state, row = init(num_blocks, hyper, keys, game, log_equilibrium)
+    init = make_initializer(make, evaluate, shared, seed_block, mesh)
+    state, row = init(num_blocks, hyper, keys, env_params, eval_data)
     rows = [unpad(row)]
     done = 0
     if on_eval:
@@ -312,8 +298,9 @@ def train(algorithm: Algorithm | Callable, beta, keys, game: Game,
     # Evaluations stay on multiples of eval_every, also after a resume from
     # the end of a shorter run.
     chunk = min(eval_every - done % eval_every, num_steps - done)
-    runner = make_chunk_runner(make, chunk, shared_game, seed_block, mesh)
-    state, row = runner(num_blocks, hyper, state, game, log_equilibrium)
+    runner = make_chunk_runner(make, evaluate, chunk, shared, seed_block,
+                               mesh)
+    state, row = runner(num_blocks, hyper, state, env_params, eval_data)
     rows.append(unpad(row))
     done += chunk
     if on_eval:

@@ -2,8 +2,10 @@
 
 Two registries: ``ALGORITHMS`` (``mode='exact'``: expectations over a tabular
 game) and ``SAMPLED_ALGORITHMS`` (``mode='sampled'``: sampled comparisons,
-any policy class). ``make_algorithm(name, config)`` builds an
-:class:`Algorithm` for ``config.mode``;
+any policy class, any environment). ``make_algorithm(name, config, policy,
+env)`` builds an :class:`Algorithm` for ``config.mode`` from a ready
+:class:`~nash_jax.policies.Policy` and (sampled mode)
+:class:`~nash_jax.environments.Environment`;
 ``resolve_config`` fills in each algorithm's default step sizes and
 ``validate_config`` refuses settings that make an update invalid, with a
 :class:`ConfigError` naming the flag. Both run on Python numbers before any
@@ -16,20 +18,24 @@ import dataclasses
 import math
 from typing import Callable
 
-from nash_jax import policies
 from nash_jax.algorithms import policy_space, sampled, softmax_pg
 from nash_jax.algorithms.base import (
   ANCHORS,
-  INITS,
   MODES,
   OPTIMIZERS,
-  ORACLES,
   SCHEDULES,
   Algorithm,
   AlgorithmConfig,
   ConfigError,
   PolicyState,
+  SampledState,
 )
+from nash_jax.environments.core import Environment
+from nash_jax.policies.core import Policy
+
+# Policies whose parameters are shared by every context (log-linear, MLP):
+# they take adam by default and a learning rate without the context factor.
+SHARED_PARAMETER_POLICIES = ('loglinear', 'mlp', 'transformer')
 
 
 def _mirror_eta(beta):
@@ -60,7 +66,8 @@ class AlgorithmSpec:
   """What the registry knows of an algorithm.
 
   Attributes:
-    make: config -> Algorithm.
+    make: ``(config, policy, env) -> Algorithm`` (the exact algorithms
+      ignore ``env``: they read the tabular game itself).
     default_eta: beta -> default eta (None: the algorithm has no eta).
     max_eta_beta: largest valid ``eta * beta`` (None: no such limit).
     needs_positive_beta: refuses ``beta = 0``.
@@ -68,7 +75,7 @@ class AlgorithmSpec:
     queries_per_step: documentation of the query accounting.
   """
 
-  make: Callable[[AlgorithmConfig], Algorithm]
+  make: Callable[[AlgorithmConfig, Policy, Environment | None], Algorithm]
   default_eta: Callable[[float], float] | None
   max_eta_beta: float | None
   needs_positive_beta: bool
@@ -76,37 +83,41 @@ class AlgorithmSpec:
   queries_per_step: str
 
 
+def _exact(make):
+  return lambda config, policy, env=None: make(config, policy)
+
+
+_one_over_beta = lambda b: min(1.0, 1 / b) if b > 0 else 1.0
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    'omd': AlgorithmSpec(policy_space.make_omd, _mirror_eta, 1.0, False, False,
-                         '1'),
-    'mmd': AlgorithmSpec(policy_space.make_mmd, _mirror_eta, None, False,
-                         False, '1'),
-    'omwu': AlgorithmSpec(policy_space.make_omwu, lambda b: min(1.0, 1 / b)
-                          if b > 0 else 1.0, 1.0, False, False, '1'),
-    'extragradient': AlgorithmSpec(
-        policy_space.make_extragradient,
-        lambda b: min(1.0, 1 / b) if b > 0 else 1.0, 1.0, False, False, '2'),
-    'nash_md': AlgorithmSpec(policy_space.make_nash_md, _nash_md_eta, 1.0,
-                             False, False, '1'),
-    'sppo': AlgorithmSpec(policy_space.make_sppo, lambda b: 1.0, None, False,
-                          False, '1'),
+    'omd': AlgorithmSpec(_exact(policy_space.make_omd), _mirror_eta, 1.0,
+                         False, False, '1'),
+    'mmd': AlgorithmSpec(_exact(policy_space.make_mmd), _mirror_eta, None,
+                         False, False, '1'),
+    'omwu': AlgorithmSpec(_exact(policy_space.make_omwu), _one_over_beta, 1.0,
+                          False, False, '1'),
+    'extragradient': AlgorithmSpec(_exact(policy_space.make_extragradient),
+                                   _one_over_beta, 1.0, False, False, '2'),
+    'nash_md': AlgorithmSpec(_exact(policy_space.make_nash_md), _nash_md_eta,
+                             1.0, False, False, '1'),
+    'sppo': AlgorithmSpec(_exact(policy_space.make_sppo), lambda b: 1.0, None,
+                          False, False, '1'),
     'proximal_point': AlgorithmSpec(
-        policy_space.make_proximal_point, lambda b: 1.0, None, True, False,
-        'inner steps (+1 at the anchor when solving to a tolerance)'),
-    'nash_mp': AlgorithmSpec(policy_space.make_nash_mp, lambda b: 2 * b, None,
-                             True, False, '2'),
-    'self_play_pg': AlgorithmSpec(softmax_pg.make_self_play_pg, None, None,
-                                  False, True, '1'),
-    'online_ipo': AlgorithmSpec(softmax_pg.make_online_ipo, None, None, True,
-                                True, '1'),
+        _exact(policy_space.make_proximal_point), lambda b: 1.0, None, True,
+        False, 'inner steps (+1 at the anchor when solving to a tolerance)'),
+    'nash_mp': AlgorithmSpec(_exact(policy_space.make_nash_mp),
+                             lambda b: 2 * b, None, True, False, '2'),
+    'self_play_pg': AlgorithmSpec(_exact(softmax_pg.make_self_play_pg), None,
+                                  None, False, True, '1'),
+    'online_ipo': AlgorithmSpec(_exact(softmax_pg.make_online_ipo), None,
+                                None, True, True, '1'),
 }
 
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
 def _sampled(name):
-  return lambda config: sampled.SAMPLED_MAKERS[name](
-      config, policies.make_policy(config.policy, config))
+  return lambda config, policy, env: sampled.SAMPLED_MAKERS[name](
+      config, policy, env)
 
 
 # Sampled mode: every comparison is one query, batch_size per step.
@@ -192,16 +203,17 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
   return lr
 
 
-def default_optimizer(config: AlgorithmConfig) -> str:
-  """adam for the sampled mode's log-linear and MLP policies, else sgd."""
-  if config.mode == 'sampled' and config.policy in policies.FEATURE_POLICIES:
+def default_optimizer(config: AlgorithmConfig, policy: str = 'tabular') -> str:
+  """adam for the sampled mode's log-linear, MLP and transformer policies,
+  else sgd."""
+  if config.mode == 'sampled' and policy in SHARED_PARAMETER_POLICIES:
     return 'adam'
   return 'sgd'
 
 
 def resolve_config(name: str, config: AlgorithmConfig,
-                   num_contexts: int = 1,
-                   feature_dim: int = 1) -> AlgorithmConfig:
+                   num_contexts: int = 1, feature_dim: int = 1,
+                   policy: str = 'tabular') -> AlgorithmConfig:
   """Fills in the defaults of ``eta``, ``learning_rate``, ``inner_steps``
   and ``inner_eta``.
 
@@ -210,7 +222,7 @@ def resolve_config(name: str, config: AlgorithmConfig,
   """
   spec = _spec(name, config.mode)
   if config.optimizer is None and spec.parameter_space:
-    config = config.replace(optimizer=default_optimizer(config))
+    config = config.replace(optimizer=default_optimizer(config, policy))
   if config.inner_steps is None and name in ('proximal_point',
                                              'approx_nash_mp'):
     config = config.replace(inner_steps=0 if config.mode == 'exact' else 10)
@@ -225,7 +237,7 @@ def resolve_config(name: str, config: AlgorithmConfig,
           name, config.beta, config.optimizer, num_contexts))
     elif config.optimizer in OPTIMIZERS:
       updates['learning_rate'] = float(default_sampled_learning_rate(
-          name, config.beta, config.optimizer, num_contexts, config.policy,
+          name, config.beta, config.optimizer, num_contexts, policy,
           feature_dim))
   config = config.replace(**updates)
   if (name == 'proximal_point' and config.inner_eta is None and
@@ -246,9 +258,6 @@ def _validate_sampled_settings(config: AlgorithmConfig) -> None:
   be ignored)."""
   if config.batch_size < 1:
     raise ConfigError('batch_size', f'must be >= 1, got {config.batch_size}')
-  if config.oracle not in ORACLES:
-    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
-                      f'one of {", ".join(ORACLES)}')
   if config.anchor not in ANCHORS:
     raise ConfigError('anchor', f'unknown anchor {config.anchor!r}; '
                       f'expected one of {", ".join(ANCHORS)}')
@@ -270,23 +279,18 @@ def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
   if config.max_grad_norm is not None and not config.max_grad_norm > 0:
     raise ConfigError('max_grad_norm', f'must be > 0, got '
                       f'{config.max_grad_norm}')
-  if config.policy == 'mlp' and (not config.hidden_sizes or
-                                 min(config.hidden_sizes) < 1):
-    raise ConfigError('hidden_sizes', f'must be positive widths, got '
-                      f'{list(config.hidden_sizes)}')
 
 
-def validate_config(name: str, config: AlgorithmConfig) -> None:
-  """Raises :class:`ConfigError` for settings ``name`` cannot run with."""
+def validate_config(name: str, config: AlgorithmConfig,
+                    policy: str = 'tabular') -> None:
+  """Raises :class:`ConfigError` for settings ``name`` cannot run with
+  (``policy``: the name of the policy class it will be given)."""
   spec = _spec(name, config.mode)
-  if config.policy not in policies.POLICIES:
-    raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
-                      f'one of {", ".join(policies.POLICIES)}')
-  if config.mode == 'exact' and config.policy != 'tabular':
-    raise ConfigError('policy', f'{config.policy} policies need --mode='
+  if config.mode == 'exact' and policy != 'tabular':
+    raise ConfigError('policy', f'{policy} policies need --mode='
                       'sampled (the exact mode updates tabular policies)')
   for flag in ('beta', 'eta', 'learning_rate', 'inner_eta', 'inner_tolerance',
-               'init_scale', 'anchor_tau', 'mixture', 'max_grad_norm'):
+               'anchor_tau', 'mixture', 'max_grad_norm'):
     _finite(flag, getattr(config, flag))
   if config.beta < 0:
     raise ConfigError('beta', f'must be >= 0, got {config.beta}')
@@ -317,11 +321,6 @@ def validate_config(name: str, config: AlgorithmConfig) -> None:
                                         config.decay_steps < 1):
       raise ConfigError('decay_steps', f'must be >= 1 with --schedule=cosine,'
                         f' got {config.decay_steps}')
-  if config.init not in INITS:
-    raise ConfigError('init', f'unknown initial policy {config.init!r}; '
-                      f'expected one of {", ".join(INITS)}')
-  if config.init_scale < 0:
-    raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
   _validate_sampled_settings(config)
   if config.mode == 'sampled':
     _validate_sampled(name, config)
@@ -344,15 +343,20 @@ def validate_config(name: str, config: AlgorithmConfig) -> None:
           f'mirror step, got {config.inner_eta * beta_prox:.4g}')
 
 
-def make_algorithm(name: str, config: AlgorithmConfig) -> Algorithm:
+def make_algorithm(name: str, config: AlgorithmConfig, policy: Policy,
+                   env: Environment | None = None) -> Algorithm:
   """Builds algorithm ``name`` of ``config.mode`` from a resolved, validated
-  config."""
-  return _spec(name, config.mode).make(config)
+  config, a policy (the exact mode: a tabular one, for its initialization)
+  and, for the sampled mode, the environment."""
+  if config.mode == 'sampled' and env is None:
+    raise ValueError('a sampled algorithm needs an environment')
+  return _spec(name, config.mode).make(config, policy, env)
 
 
 __all__ = [
     'ALGORITHMS', 'ALGORITHM_NAMES', 'ALL_ALGORITHM_NAMES', 'Algorithm',
     'AlgorithmConfig', 'AlgorithmSpec', 'ConfigError', 'PolicyState',
+    'SampledState', 'SHARED_PARAMETER_POLICIES',
     'SAMPLED_ALGORITHMS', 'SAMPLED_ALGORITHM_NAMES', 'make_algorithm',
     'resolve_config', 'validate_config', 'default_learning_rate',
     'default_sampled_learning_rate',

@@ -1,16 +1,22 @@
 """The algorithm interface shared by every NLHF method.
 
-An algorithm is a pair of pure, jittable functions (DESIGN.md):
+An algorithm is a tuple of pure, jittable functions (DESIGN.md):
 
-* ``init(key, game) -> state``
-* ``step(state, game) -> (state, info)``
+* ``init(key, env_params) -> state``
+* ``step(state, env_params) -> (state, info)``
 
-plus ``log_policy(state, game) -> [X, n]`` for evaluation. The state is one pytree
-holding everything that changes over time (policy, anchors, previous win
-rates, optimizer state, step counter, preference-query counter, PRNG key);
-hyperparameters are closed over from an :class:`AlgorithmConfig`, and since no
-Python control flow depends on their values, a config whose numbers are
-tracers (``vmap`` over ``beta`` or ``eta``) works too.
+plus the :class:`~nash_jax.policies.Policy` whose parameters ``state.params``
+are (evaluation reads the policy's distribution through the environment; the
+algorithm never does). The exact algorithms' ``env_params`` is the tabular
+:class:`~nash_jax.games.core.Game` (they take expectations over it); the
+sampled algorithms receive an :class:`~nash_jax.environments.Environment`
+and a policy when they are made and see ``env_params`` only through the
+environment's functions. The state is one pytree holding everything that
+changes over time (policy, anchors, previous win rates, optimizer state,
+step counter, preference-query counter, PRNG key); hyperparameters are
+closed over from an :class:`AlgorithmConfig`, and since no Python control
+flow depends on their values, a config whose numbers are tracers (``vmap``
+over ``beta`` or ``eta``) works too.
 """
 
 from __future__ import annotations
@@ -20,25 +26,24 @@ from typing import Any, Callable, NamedTuple
 
 import chex
 import flax.struct
-import jax
 import jax.numpy as jnp
 import optax
 
 from nash_jax.errors import ConfigError  # noqa: F401 (re-exported)
-from nash_jax.games.core import Game
-from nash_jax.rules import normalize
+from nash_jax.policies.core import Policy
 
-INITS = ('ref', 'random')
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine')
 MODES = ('exact', 'sampled')
-ORACLES = ('bernoulli', 'probability')
 ANCHORS = ('copy', 'ema')
 
 
 @dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
   """Hyperparameters of every algorithm; each uses the fields it needs.
+
+  The policy's settings are in :class:`~nash_jax.policies.PolicyConfig`, the
+  oracle's in the environment.
 
   Attributes:
     beta: KL regularization strength towards ``pi_ref`` (``>= 0``).
@@ -56,16 +61,9 @@ class AlgorithmConfig:
     max_inner_steps: cap on inner steps when solving to a tolerance.
     inner_eta: step of the inner self-play (mirror descent); ``None`` takes
       the default.
-    init: initial policy, ``'ref'`` (``pi_ref``) or ``'random'``
-      (``pi ∝ pi_ref exp(init_scale * N(0, 1))``, drawn from the seed).
-    init_scale: standard deviation of the random initial logits.
     mode: ``'exact'`` (expectations over a tabular game) or ``'sampled'``
       (sampled responses and preference outcomes, any policy class).
-    policy: policy class of the sampled mode: ``'tabular'``, ``'loglinear'``
-      or ``'mlp'``.
     batch_size: comparisons per sampled step (each one preference query).
-    oracle: ``'bernoulli'`` (outcome ``o ~ Bernoulli(P(y > y'))``) or
-      ``'probability'`` (``o = P(y > y')``).
     anchor: ``nash_prox``'s anchor: ``'copy'`` of the policy every
       ``anchor_every`` steps, or ``'ema'`` with rate ``anchor_tau``.
     anchor_every: steps between anchor copies (``M``).
@@ -76,7 +74,6 @@ class AlgorithmConfig:
     schedule: learning-rate schedule, ``'constant'`` or ``'cosine'`` (decay
       to 0 over ``decay_steps``).
     decay_steps: steps of the cosine decay.
-    hidden_sizes: hidden widths of the ``mlp`` policy.
   """
 
   beta: float = 0.1
@@ -87,12 +84,8 @@ class AlgorithmConfig:
   inner_tolerance: float = 1e-8
   max_inner_steps: int = 100_000
   inner_eta: float | None = None
-  init: str = 'ref'
-  init_scale: float = 1.0
   mode: str = 'exact'
-  policy: str = 'tabular'
   batch_size: int = 64
-  oracle: str = 'bernoulli'
   anchor: str = 'copy'
   anchor_every: int = 100
   anchor_tau: float = 0.01
@@ -100,7 +93,6 @@ class AlgorithmConfig:
   max_grad_norm: float | None = None
   schedule: str = 'constant'
   decay_steps: int | None = None
-  hidden_sizes: tuple[int, ...] = (64, 64)
 
   def replace(self, **kwargs) -> 'AlgorithmConfig':
     return dataclasses.replace(self, **kwargs)
@@ -108,7 +100,7 @@ class AlgorithmConfig:
 
 @flax.struct.dataclass
 class PolicyState:
-  """State of the tabular algorithms.
+  """State of the exact (tabular) algorithms.
 
   Attributes:
     params: the policy's parameters; log-probabilities ``[X, n]`` for
@@ -126,13 +118,37 @@ class PolicyState:
   key: chex.Array
 
 
+@flax.struct.dataclass
+class SampledState:
+  """State of the sampled algorithms (any policy, any environment).
+
+  Attributes:
+    params: the policy's parameters.
+    opt_state: the optax state.
+    anchor: the anchor's parameters (``nash_prox``: ``pi_k``;
+      ``approx_nash_mp``: the prox centre), or ``None``.
+    half: ``approx_nash_mp``'s half-step parameters, or ``None``.
+    step: steps taken.
+    preference_queries: preference queries used so far.
+    key: PRNG key of the next step.
+  """
+
+  params: Any
+  opt_state: Any
+  anchor: Any
+  half: Any
+  step: chex.Array
+  preference_queries: chex.Array
+  key: chex.Array
+
+
 class Algorithm(NamedTuple):
   """An NLHF algorithm as pure functions; see the module docstring."""
 
   name: str
-  init: Callable[[chex.PRNGKey, Game], PolicyState]
-  step: Callable[[PolicyState, Game], tuple[PolicyState, dict]]
-  log_policy: Callable[[PolicyState, Game], chex.Array]
+  init: Callable[[chex.PRNGKey, Any], Any]
+  step: Callable[[Any, Any], tuple[Any, dict]]
+  policy: Policy
 
 
 def make_optimizer(config: AlgorithmConfig) -> optax.GradientTransformation:
@@ -153,15 +169,6 @@ def make_optimizer(config: AlgorithmConfig) -> optax.GradientTransformation:
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
                             optimizer)
   return optimizer
-
-
-def initial_log_policy(key, game: Game, config: AlgorithmConfig):
-  """``log pi_ref``, or ``log pi_ref`` plus Gaussian noise when ``init='random'``."""
-  log_ref = game.log_ref_policy
-  if config.init == 'ref':
-    return normalize(log_ref)
-  noise = jax.random.normal(key, log_ref.shape, log_ref.dtype)
-  return normalize(log_ref + config.init_scale * noise)
 
 
 def new_state(key, params, extra=()) -> PolicyState:

@@ -19,54 +19,52 @@ from nash_jax.algorithms.base import (
   AlgorithmConfig,
   PolicyState,
   advance,
-  initial_log_policy,
   new_state,
 )
+from nash_jax.environments.tabular import all_contexts
 from nash_jax.games.core import Game, win_rates
+from nash_jax.policies.core import Policy
+from nash_jax.policies.tabular import log_table
 
 
 def _g(game: Game, log_policy):
   return win_rates(game.preferences, jnp.exp(log_policy))
 
 
-def _log_policy(state: PolicyState, game: Game = None):
-  del game
-  return state.params
-
-
-def _init(config: AlgorithmConfig):
+def _init(policy: Policy):
+  """The initial state: the tabular policy's initial log-probabilities."""
   def init(key, game: Game) -> PolicyState:
     init_key, key = jax.random.split(key)
-    return new_state(key, initial_log_policy(init_key, game, config))
+    return new_state(key, policy.init(init_key, all_contexts(game), None))
   return init
 
 
-def _one_query_algorithm(name, config, update):
+def _one_query_algorithm(name, policy, update):
   """An algorithm whose step is ``update(log_pi, log_ref, g_pi)``, 1 query."""
   def step(state: PolicyState, game: Game):
     log_pi = state.params
     new = update(log_pi, game.log_ref_policy, _g(game, log_pi))
     return advance(state, new, state.extra, 1), {}
-  return Algorithm(name, _init(config), step, _log_policy)
+  return Algorithm(name, _init(policy), step, log_table(policy))
 
 
-def make_omd(config: AlgorithmConfig) -> Algorithm:
+def make_omd(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Online mirror descent / MWU self-play on ``J_beta``; see rules.mirror_descent."""
   eta, beta = config.eta, config.beta
   return _one_query_algorithm(
-      'omd', config,
+      'omd', policy,
       lambda lp, lr, g: rules.mirror_descent(lp, lr, g, eta, beta))
 
 
-def make_mmd(config: AlgorithmConfig) -> Algorithm:
+def make_mmd(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Magnetic mirror descent; see rules.magnetic_mirror_descent."""
   eta, beta = config.eta, config.beta
   return _one_query_algorithm(
-      'mmd', config,
+      'mmd', policy,
       lambda lp, lr, g: rules.magnetic_mirror_descent(lp, lr, g, eta, beta))
 
 
-def make_sppo(config: AlgorithmConfig) -> Algorithm:
+def make_sppo(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """SPPO-style MWU without reference: ``pi_{t+1} ∝ pi_t exp(eta g_t)``.
 
   It ignores ``beta``: it is not aimed at ``pi*_beta`` and its last iterate
@@ -74,10 +72,10 @@ def make_sppo(config: AlgorithmConfig) -> Algorithm:
   """
   eta = config.eta
   return _one_query_algorithm(
-      'sppo', config, lambda lp, lr, g: rules.normalize(lp + eta * g))
+      'sppo', policy, lambda lp, lr, g: rules.normalize(lp + eta * g))
 
 
-def make_nash_md(config: AlgorithmConfig) -> Algorithm:
+def make_nash_md(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Nash-MD (Munos et al. 2024): play against the mixture, update from pi_t.
 
   ``pi^mu ∝ pi_t^{1 - eta beta} pi_ref^{eta beta}``,
@@ -90,16 +88,16 @@ def make_nash_md(config: AlgorithmConfig) -> Algorithm:
                                       eta * beta)
     new = rules.normalize(mixture + eta * _g(game, mixture))
     return advance(state, new, state.extra, 1), {}
-  return Algorithm('nash_md', _init(config), step, _log_policy)
+  return Algorithm('nash_md', _init(policy), step, log_table(policy))
 
 
-def make_omwu(config: AlgorithmConfig) -> Algorithm:
+def make_omwu(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Optimistic MWU: mirror descent with ``2 g_t - g_{t-1}``.
 
   ``extra`` holds ``g_{t-1}``; at ``t = 0`` it is ``g_0`` (a plain step).
   """
   eta, beta = config.eta, config.beta
-  base_init = _init(config)
+  base_init = _init(policy)
 
   def init(key, game: Game) -> PolicyState:
     state = base_init(key, game)
@@ -110,10 +108,10 @@ def make_omwu(config: AlgorithmConfig) -> Algorithm:
     new = rules.mirror_descent(state.params, game.log_ref_policy,
                                2 * g - state.extra, eta, beta)
     return advance(state, new, g, 1), {}
-  return Algorithm('omwu', init, step, _log_policy)
+  return Algorithm('omwu', init, step, log_table(policy))
 
 
-def make_extragradient(config: AlgorithmConfig) -> Algorithm:
+def make_extragradient(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Extragradient (EGPO): a mirror half step, then a step from ``pi_t``.
 
   ``pi_{t+1/2} ∝ pi_t^{1-eta beta} pi_ref^{eta beta} exp(eta g_t)``, then the same
@@ -126,10 +124,10 @@ def make_extragradient(config: AlgorithmConfig) -> Algorithm:
     half = rules.mirror_descent(log_pi, log_ref, _g(game, log_pi), eta, beta)
     new = rules.mirror_descent(log_pi, log_ref, _g(game, half), eta, beta)
     return advance(state, new, state.extra, 2), {}
-  return Algorithm('extragradient', _init(config), step, _log_policy)
+  return Algorithm('extragradient', _init(policy), step, log_table(policy))
 
 
-def make_nash_mp(config: AlgorithmConfig) -> Algorithm:
+def make_nash_mp(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Nash Mirror Prox: two prox steps from the anchor ``pi_k``.
 
   ``pi_{k+1/2} ∝ pi_ref^kappa pi_k^{1-kappa} exp(lambda g_{pi_k})``,
@@ -144,7 +142,7 @@ def make_nash_mp(config: AlgorithmConfig) -> Algorithm:
     half = rules.prox_step(log_pi, log_ref, _g(game, log_pi), eta, beta)
     new = rules.prox_step(log_pi, log_ref, _g(game, half), eta, beta)
     return advance(state, new, state.extra, 2), {}
-  return Algorithm('nash_mp', _init(config), step, _log_policy)
+  return Algorithm('nash_mp', _init(policy), step, log_table(policy))
 
 
 def default_inner_eta(eta, beta):
@@ -160,7 +158,7 @@ def default_inner_eta(eta, beta):
   return beta_prox / (beta_prox ** 2 + 0.25)
 
 
-def make_proximal_point(config: AlgorithmConfig) -> Algorithm:
+def make_proximal_point(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Exact proximal point with an inner self-play solver.
 
   Outer step: ``pi_{k+1}`` = the equilibrium of the prox game, i.e. the
@@ -207,4 +205,4 @@ def make_proximal_point(config: AlgorithmConfig) -> Algorithm:
       queries = inner + 1
     return (advance(state, new, state.extra, queries),
             {'inner_steps': jnp.asarray(inner, jnp.int32)})
-  return Algorithm('proximal_point', _init(config), step, _log_policy)
+  return Algorithm('proximal_point', _init(policy), step, log_table(policy))

@@ -6,14 +6,18 @@ Every step draws a batch of ``batch_size`` contexts ``x ~ rho``, a response
 a half-step policy or a geometric mixture with ``pi_ref``, as the algorithm
 says), asks the oracle for each comparison's outcome ``o`` (one preference
 query each: ``batch_size`` queries a step), and takes one optax step on a
-per-sample loss from :mod:`nash_jax.rules`. The policy is used only through
-``Policy.init``, ``sample`` and ``log_prob`` (:mod:`nash_jax.policies`), so
-each algorithm has one implementation for every policy class.
+per-sample loss from :mod:`nash_jax.rules`. Both the policy and the
+environment are injected: the policy is used only through ``Policy.init``,
+``sample`` and ``log_prob`` (:mod:`nash_jax.policies`), the world only
+through the environment's ``contexts``, ``ref_log_prob``, ``outcomes`` and
+``reference`` (:mod:`nash_jax.environments`), so each algorithm has one
+implementation for every policy class (tabular, log-linear, MLP,
+transformer) and every environment (a tabular game, a token game).
 
-State (:class:`~nash_jax.algorithms.base.PolicyState`): ``params`` are the
-policy's params; ``extra`` is a dict with the optax state ``opt`` and, where
-the algorithm has them, the ``anchor`` params (``nash_prox``,
-``approx_nash_mp``) and the ``half``-step params (``approx_nash_mp``).
+State (:class:`~nash_jax.algorithms.base.SampledState`): the policy's
+``params``, the optax state and, where the algorithm has them, the
+``anchor`` params (``nash_prox``, ``approx_nash_mp``) and the ``half``-step
+params (``approx_nash_mp``).
 Anchor refreshes are data (``jnp.where`` on the step counter), not Python
 control flow, and the numeric hyperparameters (``beta``, ``eta``,
 ``learning_rate``, ``anchor_tau``, ``mixture``) are closed over with no
@@ -35,7 +39,7 @@ branching on their values, so they may be tracers (sweeps vmap over them).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -46,21 +50,19 @@ from nash_jax import rules
 from nash_jax.algorithms.base import (
   Algorithm,
   AlgorithmConfig,
-  PolicyState,
-  advance,
+  SampledState,
   make_optimizer,
-  new_state,
 )
-from nash_jax.games import oracle as oracle_lib
-from nash_jax.games.core import Game
-from nash_jax.policies import Policy, full_log_policy
+from nash_jax.environments.core import Environment
+from nash_jax.policies.core import Policy
 
 
 class Batch(NamedTuple):
-  """One batch of comparisons: contexts, responses, opponents, outcomes and
-  the reference log-probabilities of both responses (all ``[B]``)."""
+  """One batch of comparisons: context data ``x``, responses, opponents,
+  outcomes and the reference log-probabilities of both responses (all with a
+  leading ``[B]`` axis)."""
 
-  contexts: chex.Array
+  contexts: Any
   responses: chex.Array
   opponents: chex.Array
   outcomes: chex.Array
@@ -68,19 +70,19 @@ class Batch(NamedTuple):
   log_ref_opponent: chex.Array
 
 
-def draw_batch(key, policy: Policy, params, opponent_params, game: Game,
-               config: AlgorithmConfig, mixture=0.0) -> Batch:
+def draw_batch(key, policy: Policy, env: Environment, env_params, params,
+               opponent_params, batch_size: int, mixture=0.0) -> Batch:
   """Samples ``B`` comparisons: ``x ~ rho``, ``y ~ pi_params``,
   ``y' ~ pi_opponent`` (mixed with ``pi_ref`` by ``mixture``) and ``o``."""
   x_key, y_key, opp_key, o_key = jax.random.split(key, 4)
-  contexts = oracle_lib.sample_contexts(x_key, game, config.batch_size)
-  responses = policy.sample(y_key, params, game, contexts)
-  opponents = policy.sample(opp_key, opponent_params, game, contexts, mixture)
-  outcomes = oracle_lib.preference_outcomes(o_key, game, contexts, responses,
-                                            opponents, config.oracle)
-  return Batch(contexts, responses, opponents, outcomes,
-               oracle_lib.reference_log_prob(game, contexts, responses),
-               oracle_lib.reference_log_prob(game, contexts, opponents))
+  x = env.contexts(env_params, x_key, batch_size)
+  reference = env.reference(env_params)
+  responses = policy.sample(y_key, params, x, 0.0, reference)
+  opponents = policy.sample(opp_key, opponent_params, x, mixture, reference)
+  outcomes = env.outcomes(env_params, o_key, x, responses, opponents)
+  return Batch(x, responses, opponents, outcomes,
+               env.ref_log_prob(env_params, x, responses),
+               env.ref_log_prob(env_params, x, opponents))
 
 
 def _sg(tree):
@@ -88,7 +90,8 @@ def _sg(tree):
 
 
 def _make(name: str, config: AlgorithmConfig, policy: Policy,
-          loss_fn: Callable, opponent: Callable, anchors: Callable | None,
+          env: Environment, loss_fn: Callable, opponent: Callable,
+          anchors: Callable | None = None, has_half: bool = False,
           mixture=0.0) -> Algorithm:
   """The shared skeleton of every sampled algorithm.
 
@@ -96,65 +99,72 @@ def _make(name: str, config: AlgorithmConfig, policy: Policy,
     name: the algorithm's name.
     config: hyperparameters.
     policy: the policy class.
-    loss_fn: ``(params, batch, extra, game) -> scalar`` to minimize.
+    env: the environment.
+    loss_fn: ``(params, batch, state) -> scalar`` to minimize.
     opponent: ``(state) -> params`` that ``y'`` is drawn from.
-    anchors: ``(names, refresh)``: the extra params the algorithm keeps
-      (initialized to the initial params) and ``refresh(extra, new_params,
-      step) -> extra`` run after each step (``step`` counts the step just
-      taken); or None.
+    anchors: ``refresh(state, new_params, step) -> (anchor, half)`` run after
+      each step (``step`` counts the step just taken), or None for an
+      algorithm without anchors; anchors (and ``half`` with ``has_half``)
+      start at the initial params.
+    has_half: whether the state keeps half-step params.
     mixture: mixture coefficient of ``pi_ref`` in the opponent's logits.
   """
   optimizer = make_optimizer(config)
 
-  def init(key, game: Game) -> PolicyState:
+  def init(key, env_params) -> SampledState:
     init_key, key = jax.random.split(key)
-    params = policy.init(init_key, game)
-    extra = {'opt': optimizer.init(params)}
-    if anchors is not None:
-      extra.update({name: params for name in anchors[0]})
-    return new_state(key, params, extra)
+    params = policy.init(init_key, env.all_contexts(env_params),
+                         env.reference(env_params))
+    zero = jnp.zeros((), jnp.int32)
+    return SampledState(
+        params=params, opt_state=optimizer.init(params),
+        anchor=params if anchors is not None else None,
+        half=params if has_half else None, step=zero,
+        preference_queries=zero, key=key)
 
-  def step(state: PolicyState, game: Game):
+  def step(state: SampledState, env_params):
     key, batch_key = jax.random.split(state.key)
-    batch = draw_batch(batch_key, policy, _sg(state.params),
-                       _sg(opponent(state)), game, config, mixture)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch,
-                                              state.extra, game)
-    updates, opt = optimizer.update(grads, state.extra['opt'], state.params)
+    batch = draw_batch(batch_key, policy, env, env_params, _sg(state.params),
+                       _sg(opponent(state)), config.batch_size, mixture)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, state)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
     params = optax.apply_updates(state.params, updates)
-    extra = dict(state.extra, opt=opt)
+    anchor, half = state.anchor, state.half
     if anchors is not None:
-      extra = anchors[1](extra, params, state.step + 1)
-    new = advance(state, params, extra, config.batch_size)
-    return new.replace(key=key), {'loss': loss}
+      anchor, half = anchors(state, params, state.step + 1)
+    new = state.replace(
+        params=params, opt_state=opt_state, anchor=anchor, half=half,
+        step=state.step + 1,
+        preference_queries=state.preference_queries + config.batch_size,
+        key=key)
+    return new, {'loss': loss}
 
-  def log_policy(state: PolicyState, game: Game):
-    return full_log_policy(policy, state.params, game)
-
-  return Algorithm(name, init, step, log_policy)
+  return Algorithm(name, init, step, policy)
 
 
-def _log_probs(policy, params, game, batch: Batch):
+def _log_probs(policy, params, batch: Batch):
   """``log pi(y|x)`` and ``log pi(y'|x)`` of a batch."""
-  return (policy.log_prob(params, game, batch.contexts, batch.responses),
-          policy.log_prob(params, game, batch.contexts, batch.opponents))
+  return (policy.log_prob(params, batch.contexts, batch.responses),
+          policy.log_prob(params, batch.contexts, batch.opponents))
 
 
-def _current(state: PolicyState):
+def _current(state: SampledState):
   return state.params
 
 
-def make_online_ipo(config: AlgorithmConfig, policy: Policy) -> Algorithm:
+def make_online_ipo(config: AlgorithmConfig, policy: Policy,
+                    env: Environment) -> Algorithm:
   """Online IPO (Calandriello et al. 2024) on sampled comparisons."""
 
-  def loss_fn(params, batch: Batch, extra, game):
-    del extra
-    log_y, log_y_prime = _log_probs(policy, params, game, batch)
+  def loss_fn(params, batch: Batch, state):
+    del state
+    log_y, log_y_prime = _log_probs(policy, params, batch)
     return jnp.mean(rules.online_ipo_sample_loss(
         log_y, log_y_prime, batch.log_ref, batch.log_ref_opponent,
         batch.outcomes, config.beta))
 
-  return _make('online_ipo', config, policy, loss_fn, _current, None)
+  return _make('online_ipo', config, policy, env, loss_fn, _current)
 
 
 def pair_baseline(advantage: chex.Array,
@@ -166,7 +176,8 @@ def pair_baseline(advantage: chex.Array,
   return rules.leave_one_out_baseline((advantage + advantage_opponent) / 2)
 
 
-def make_self_play_pg(config: AlgorithmConfig, policy: Policy) -> Algorithm:
+def make_self_play_pg(config: AlgorithmConfig, policy: Policy,
+                      env: Environment) -> Algorithm:
   """Self-play policy gradient (REINFORCE) on sampled comparisons.
 
   Both responses of a comparison are REINFORCE samples from ``pi_theta``
@@ -175,9 +186,9 @@ def make_self_play_pg(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """
   beta = config.beta
 
-  def loss_fn(params, batch: Batch, extra, game):
-    del extra
-    log_y, log_y_prime = _log_probs(policy, params, game, batch)
+  def loss_fn(params, batch: Batch, state):
+    del state
+    log_y, log_y_prime = _log_probs(policy, params, batch)
     adv = batch.outcomes - beta * (log_y - batch.log_ref)
     adv_prime = (1 - batch.outcomes) - beta * (log_y_prime -
                                                batch.log_ref_opponent)
@@ -189,11 +200,7 @@ def make_self_play_pg(config: AlgorithmConfig, policy: Policy) -> Algorithm:
         beta)
     return jnp.mean(loss_y + loss_y_prime) / 2
 
-  return _make('self_play_pg', config, policy, loss_fn, _current, None)
-
-
-def _anchor(extra):
-  return extra['anchor']
+  return _make('self_play_pg', config, policy, env, loss_fn, _current)
 
 
 def _blend(tree, other, weight):
@@ -205,7 +212,8 @@ def _select(condition, new, old):
   return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
-def make_nash_prox(config: AlgorithmConfig, policy: Policy) -> Algorithm:
+def make_nash_prox(config: AlgorithmConfig, policy: Policy,
+                   env: Environment) -> Algorithm:
   """Nash Prox: proximal-point self-play in IPO form with a moving anchor.
 
   Each step descends :func:`nash_jax.rules.nash_prox_sample_loss` around the
@@ -216,28 +224,26 @@ def make_nash_prox(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   ``theta_k <- (1 - tau) theta_k + tau theta`` after every step.
   """
 
-  def loss_fn(params, batch: Batch, extra, game):
-    log_y, log_y_prime = _log_probs(policy, params, game, batch)
-    anc_y, anc_y_prime = _log_probs(policy, _sg(extra['anchor']), game,
-                                    batch)
+  def loss_fn(params, batch: Batch, state: SampledState):
+    log_y, log_y_prime = _log_probs(policy, params, batch)
+    anc_y, anc_y_prime = _log_probs(policy, _sg(state.anchor), batch)
     return jnp.mean(rules.nash_prox_sample_loss(
         log_y, log_y_prime, batch.log_ref, batch.log_ref_opponent, anc_y,
         anc_y_prime, batch.outcomes, config.beta, config.eta))
 
-  def anchors(extra, params, step):
+  def anchors(state: SampledState, params, step):
     if config.anchor == 'ema':
-      anchor = _blend(extra['anchor'], params, config.anchor_tau)
+      anchor = _blend(state.anchor, params, config.anchor_tau)
     else:
       anchor = _select(step % config.anchor_every == 0, params,
-                       extra['anchor'])
-    return dict(extra, anchor=anchor)
+                       state.anchor)
+    return anchor, None
 
-  return _make('nash_prox', config, policy, loss_fn, _current,
-               (('anchor',), anchors))
+  return _make('nash_prox', config, policy, env, loss_fn, _current, anchors)
 
 
-def make_approx_nash_mp(config: AlgorithmConfig,
-                        policy: Policy) -> Algorithm:
+def make_approx_nash_mp(config: AlgorithmConfig, policy: Policy,
+                        env: Environment) -> Algorithm:
   """Approximate Nash Mirror Prox with ``inner_steps`` (``K``) policy-gradient
   steps per half step.
 
@@ -252,13 +258,12 @@ def make_approx_nash_mp(config: AlgorithmConfig,
   def in_first_half(step):
     return step % period < config.inner_steps
 
-  def opponent(state: PolicyState):
-    return _select(in_first_half(state.step), state.extra['anchor'],
-                   state.extra['half'])
+  def opponent(state: SampledState):
+    return _select(in_first_half(state.step), state.anchor, state.half)
 
-  def loss_fn(params, batch: Batch, extra, game):
-    log_y = policy.log_prob(params, game, batch.contexts, batch.responses)
-    anc_y = policy.log_prob(_sg(extra['anchor']), game, batch.contexts,
+  def loss_fn(params, batch: Batch, state: SampledState):
+    log_y = policy.log_prob(params, batch.contexts, batch.responses)
+    anc_y = policy.log_prob(_sg(state.anchor), batch.contexts,
                             batch.responses)
     advantage = (batch.outcomes - config.beta * (log_y - batch.log_ref) -
                  config.beta / config.eta * (log_y - anc_y))
@@ -267,30 +272,31 @@ def make_approx_nash_mp(config: AlgorithmConfig,
         log_y, batch.log_ref, anc_y, batch.outcomes, baseline, config.beta,
         config.eta))
 
-  def anchors(extra, params, step):
+  def anchors(state: SampledState, params, step):
     phase = step % period
-    half = _select(phase == config.inner_steps, params, extra['half'])
-    anchor = _select(phase == 0, params, extra['anchor'])
-    return dict(extra, anchor=anchor, half=half)
+    half = _select(phase == config.inner_steps, params, state.half)
+    anchor = _select(phase == 0, params, state.anchor)
+    return anchor, half
 
-  return _make('approx_nash_mp', config, policy, loss_fn, opponent,
-               (('anchor', 'half'), anchors))
+  return _make('approx_nash_mp', config, policy, env, loss_fn, opponent,
+               anchors, has_half=True)
 
 
-def make_nash_md_pg(config: AlgorithmConfig, policy: Policy) -> Algorithm:
+def make_nash_md_pg(config: AlgorithmConfig, policy: Policy,
+                    env: Environment) -> Algorithm:
   """Nash-MD-PG (Munos et al. 2024): REINFORCE against the geometric mixture
   of ``pi_theta`` and ``pi_ref`` (coefficient ``mixture``)."""
   beta = config.beta
 
-  def loss_fn(params, batch: Batch, extra, game):
-    del extra
-    log_y = policy.log_prob(params, game, batch.contexts, batch.responses)
+  def loss_fn(params, batch: Batch, state):
+    del state
+    log_y = policy.log_prob(params, batch.contexts, batch.responses)
     baseline = rules.leave_one_out_baseline(
         batch.outcomes - beta * (log_y - batch.log_ref))
     return jnp.mean(rules.self_play_pg_sample_loss(
         log_y, batch.log_ref, batch.outcomes, baseline, beta))
 
-  return _make('nash_md_pg', config, policy, loss_fn, _current, None,
+  return _make('nash_md_pg', config, policy, env, loss_fn, _current,
                mixture=config.mixture)
 
 

@@ -21,20 +21,22 @@ from nash_jax.algorithms.base import (
   AlgorithmConfig,
   PolicyState,
   advance,
-  initial_log_policy,
   make_optimizer,
   new_state,
 )
+from nash_jax.environments.tabular import all_contexts
 from nash_jax.games.core import Game
+from nash_jax.policies.core import Policy
 
 
-def _make(name, config: AlgorithmConfig, loss_fn) -> Algorithm:
+def _make(name, config: AlgorithmConfig, policy: Policy,
+          loss_fn) -> Algorithm:
   optimizer = make_optimizer(config)
   beta = config.beta
 
   def init(key, game: Game) -> PolicyState:
     init_key, key = jax.random.split(key)
-    logits = initial_log_policy(init_key, game, config)
+    logits = policy.init(init_key, all_contexts(game), None)
     return new_state(key, logits, optimizer.init(logits))
 
   def step(state: PolicyState, game: Game):
@@ -45,16 +47,15 @@ def _make(name, config: AlgorithmConfig, loss_fn) -> Algorithm:
     params = optax.apply_updates(state.params, updates)
     return advance(state, params, opt_state, 1), {'loss': loss}
 
-  return Algorithm(name, init, step,
-                   lambda s, game=None: rules.normalize(s.params))
+  return Algorithm(name, init, step, policy)
 
 
-def make_self_play_pg(config: AlgorithmConfig) -> Algorithm:
+def make_self_play_pg(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Self-play policy gradient: ascend ``rules.self_play_objective``."""
-  return _make('self_play_pg', config,
+  return _make('self_play_pg', config, policy,
                lambda *args: -rules.self_play_objective(*args))
 
 
-def make_online_ipo(config: AlgorithmConfig) -> Algorithm:
+def make_online_ipo(config: AlgorithmConfig, policy: Policy) -> Algorithm:
   """Online IPO: descend ``rules.online_ipo_loss``."""
-  return _make('online_ipo', config, rules.online_ipo_loss)
+  return _make('online_ipo', config, policy, rules.online_ipo_loss)

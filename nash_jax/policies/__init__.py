@@ -1,41 +1,80 @@
-"""Policy classes for the sampled algorithms (ALGORITHMS.md section 4).
+"""Policy classes (ALGORITHMS.md section 4; DESIGN.md "Environments and
+policies are injected").
 
-``make_policy(name, config)`` builds a :class:`Policy`: ``tabular`` (softmax
-logits per context), ``loglinear`` (``pi ∝ pi_ref exp(theta . phi)``) or
-``mlp`` (Flax MLP over context and response embeddings).
+``make_policy(config)`` builds a :class:`Policy` from a :class:`PolicyConfig`:
+``tabular`` (softmax logits per context), ``loglinear`` (``pi ∝ pi_ref
+exp(theta . phi)``) or ``mlp`` (Flax MLP over context and response
+embeddings). The transformer over token sequences is built by
+:func:`nash_jax.policies.sequence.make_sequence_policy`.
 """
 
 from __future__ import annotations
 
-from nash_jax.policies.core import (
-    Policy,
-    all_contexts,
-    enumerable,
-    full_log_policy,
-)
+import dataclasses
+
+from nash_jax.errors import ConfigError
+from nash_jax.policies.core import Policy, enumerable
 from nash_jax.policies.loglinear import make_loglinear
 from nash_jax.policies.mlp import make_mlp
-from nash_jax.policies.tabular import make_tabular
+from nash_jax.policies.tabular import initial_logits, log_table, make_tabular
 
 POLICIES = ('tabular', 'loglinear', 'mlp')
-# Policies that read Game.features.
+# Policies that read the response features phi (and psi) of a tabular game.
 FEATURE_POLICIES = ('loglinear', 'mlp')
+INITS = ('ref', 'random')
 
 
-def make_policy(name: str, config) -> Policy:
-  """The policy class ``name``; ``config`` is an AlgorithmConfig (its
-  ``init``, ``init_scale`` and ``hidden_sizes``)."""
-  from nash_jax.algorithms.base import initial_log_policy
-  if name == 'tabular':
-    return make_tabular(lambda key, game: initial_log_policy(key, game,
-                                                             config))
-  if name == 'loglinear':
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  """Settings of the enumerable policy classes.
+
+  Attributes:
+    policy: ``'tabular'``, ``'loglinear'`` or ``'mlp'``.
+    init: initial policy, ``'ref'`` (``pi_ref``) or ``'random'`` (tabular:
+      ``pi ∝ pi_ref exp(init_scale * N(0, 1))``; log-linear: ``theta ~
+      N(0, init_scale^2 / d)``), drawn from the seed.
+    init_scale: standard deviation of the random initial logits.
+    hidden_sizes: hidden widths of the ``mlp`` policy.
+  """
+
+  policy: str = 'tabular'
+  init: str = 'ref'
+  init_scale: float = 1.0
+  hidden_sizes: tuple[int, ...] = (64, 64)
+
+  def replace(self, **kwargs) -> 'PolicyConfig':
+    return dataclasses.replace(self, **kwargs)
+
+
+def validate_policy_config(config: PolicyConfig) -> None:
+  """Raises :class:`ConfigError` naming the flag of an unusable setting."""
+  if config.policy not in POLICIES:
+    raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
+                      f'one of {", ".join(POLICIES)}')
+  if config.init not in INITS:
+    raise ConfigError('init', f'unknown initial policy {config.init!r}; '
+                      f'expected one of {", ".join(INITS)}')
+  if config.init_scale < 0:
+    raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
+  if config.policy == 'mlp' and (not config.hidden_sizes or
+                                 min(config.hidden_sizes) < 1):
+    raise ConfigError('hidden_sizes', f'must be positive widths, got '
+                      f'{list(config.hidden_sizes)}')
+
+
+def make_policy(config: PolicyConfig) -> Policy:
+  """The policy class ``config.policy``."""
+  if config.policy == 'tabular':
+    return make_tabular(config.init, config.init_scale)
+  if config.policy == 'loglinear':
     return make_loglinear(config.init, config.init_scale)
-  if name == 'mlp':
+  if config.policy == 'mlp':
     return make_mlp(config.hidden_sizes)
-  raise ValueError(f'unknown policy {name!r}; expected one of {POLICIES}')
+  raise ConfigError('policy', f'unknown policy {config.policy!r}; expected '
+                    f'one of {", ".join(POLICIES)}')
 
 
-__all__ = ['POLICIES', 'FEATURE_POLICIES', 'Policy', 'all_contexts',
-           'enumerable', 'full_log_policy', 'make_policy', 'make_loglinear',
-           'make_mlp', 'make_tabular']
+__all__ = ['FEATURE_POLICIES', 'INITS', 'POLICIES', 'Policy', 'PolicyConfig',
+           'enumerable', 'initial_logits', 'log_table', 'make_loglinear',
+           'make_mlp', 'make_policy', 'make_tabular',
+           'validate_policy_config']

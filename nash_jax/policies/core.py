@@ -1,25 +1,28 @@
-"""The policy interface every sampled algorithm uses (DESIGN.md: policy =
-params pytree + apply functions).
+"""The policy interface every algorithm uses (DESIGN.md: policy = params
+pytree + pure functions).
 
-A :class:`Policy` is a tuple of pure functions of a params pytree:
+A :class:`Policy` is a tuple of pure functions of a params pytree and of the
+environment's context data ``x`` (never of a ``Game``: what a policy reads
+comes in ``x``, see :mod:`nash_jax.environments`):
 
-* ``init(key, game) -> params``
-* ``sample(key, params, game, contexts, mixture=0.) -> responses [B]``: one
-  response per context, drawn from ``pi_theta(.|x)``, or, with
-  ``mixture = c > 0``, from the geometric mixture with logits
-  ``(1 - c) log pi_theta + c log pi_ref`` (Nash-MD-PG's opponent).
-* ``log_prob(params, game, contexts, responses) -> [B]``:
-  ``log pi_theta(y|x)``.
-* ``log_probs(params, game, contexts) -> [B, n]``: the whole distribution,
-  for response sets small enough to enumerate (exact metrics, final
-  policies); ``None`` where it cannot be enumerated.
+* ``init(key, x, reference) -> params``: initial parameters; ``x`` holds
+  every context (policies with per-context parameters size them from it) and
+  ``reference`` is the environment's reference (``None`` for a tabular game,
+  whose ``pi_ref`` rows come in ``x.log_ref``; the frozen reference
+  parameters of a language model, which it starts from).
+* ``sample(key, params, x, mixture=0., reference=None) -> y``: one response
+  per context, drawn from ``pi_theta(.|x)``, or, with ``mixture = c > 0``,
+  from the geometric mixture with logits ``(1 - c) log pi_theta + c log
+  pi_ref`` (Nash-MD-PG's opponent; per token for sequences).
+* ``log_prob(params, x, y) -> [B]``: ``log pi_theta(y|x)``.
+* ``log_probs(params, x) -> [B, n]``: the whole distribution, for policies
+  over ``n`` enumerable responses; ``None`` for sequence policies (their
+  environment lists the responses and calls ``log_prob``).
 
-Algorithms only call ``init``, ``sample`` and ``log_prob``, so a policy whose
-response is a token sequence (an autoregressive language model: ``sample``
-generates, ``log_prob`` sums token log-probabilities, the mixture is taken
-per token) plugs in without changing any algorithm. The policies here all
-have ``n`` enumerable responses and are built by :func:`enumerable` from a
-function that returns their log-probabilities.
+Algorithms call only ``init``, ``sample`` and ``log_prob``, so a tabular
+softmax, a log-linear model, an MLP and a transformer run through one
+implementation of each algorithm. The enumerable policies here are built by
+:func:`enumerable` from a function that returns their log-probabilities.
 """
 
 from __future__ import annotations
@@ -27,63 +30,43 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 
-from nash_jax.games.core import Game
-from nash_jax.rules import geometric_mixture, normalize
+from nash_jax.distributions import (
+  geometric_mixture,
+  normalize,
+  sample_categorical,
+)
 
 
 class Policy(NamedTuple):
   """A policy class as pure functions; see the module docstring."""
 
   name: str
-  init: Callable[[chex.PRNGKey, Game], Any]
+  init: Callable[[chex.PRNGKey, Any, Any], Any]
   sample: Callable[..., chex.Array]
-  log_prob: Callable[[Any, Game, chex.Array, chex.Array], chex.Array]
-  log_probs: Callable[[Any, Game, chex.Array], chex.Array] | None
-
-
-def sample_categorical(key, log_probs: chex.Array) -> chex.Array:
-  """One draw per row of ``[B, n]`` log-probabilities, by inverse CDF.
-
-  One uniform per row, where ``jax.random.categorical`` (Gumbel-max) needs
-  ``n``: random bits dominate the sampled step on CPU, and this is about
-  twice as fast at n = 20. ``y = #{k : F(k) <= u F(n-1)}`` with the
-  cumulative sums ``F``, so rows need not be normalized.
-  """
-  cdf = jnp.cumsum(jnp.exp(log_probs), axis=-1)
-  u = jax.random.uniform(key, cdf.shape[:-1] + (1,), cdf.dtype)
-  index = jnp.sum(cdf <= u * cdf[..., -1:], axis=-1)
-  return jnp.minimum(index, log_probs.shape[-1] - 1).astype(jnp.int32)
+  log_prob: Callable[[Any, Any, chex.Array], chex.Array]
+  log_probs: Callable[[Any, Any], chex.Array] | None
 
 
 def enumerable(name: str, init: Callable, log_probs: Callable) -> Policy:
-  """A :class:`Policy` over ``n`` responses from ``log_probs(params, game,
-  contexts) -> [B, n]`` (normalized log-probabilities)."""
+  """A :class:`Policy` over ``n`` responses from ``log_probs(params, x) ->
+  [B, n]`` (normalized log-probabilities); the mixture's reference is
+  ``x.log_ref``."""
 
-  def sample(key, params, game: Game, contexts, mixture=0.0):
-    chex.assert_rank(contexts, 1)
-    logits = log_probs(params, game, contexts)
-    logits = geometric_mixture(logits, game.log_ref_policy[contexts], mixture)
+  def sample(key, params, x, mixture=0.0, reference=None):
+    del reference
+    chex.assert_rank(x.index, 1)
+    logits = log_probs(params, x)
+    logits = geometric_mixture(logits, x.log_ref, mixture)
     return sample_categorical(key, logits)
 
-  def log_prob(params, game: Game, contexts, responses):
-    chex.assert_equal_shape([contexts, responses])
-    logits = log_probs(params, game, contexts)
+  def log_prob(params, x, responses):
+    chex.assert_equal_shape([x.index, responses])
+    logits = log_probs(params, x)
     return jnp.take_along_axis(logits, responses[:, None], axis=-1)[:, 0]
 
   return Policy(name, init, sample, log_prob, log_probs)
-
-
-def all_contexts(game: Game) -> chex.Array:
-  """``[0, 1, ..., X - 1]``: every context, for exact evaluation."""
-  return jnp.arange(game.num_contexts)
-
-
-def full_log_policy(policy: Policy, params, game: Game) -> chex.Array:
-  """``log pi_theta(y|x)`` for every context and response, ``[X, n]``."""
-  return policy.log_probs(params, game, all_contexts(game))
 
 
 def reference_plus(log_ref: chex.Array, scores: chex.Array) -> chex.Array:

@@ -1,8 +1,8 @@
 """Log-linear policy over the game's response features.
 
 ``pi_theta(y|x) ∝ pi_ref(y|x) exp(theta . phi(x, y))`` with one ``theta in
-R^d`` shared by every context (Game.features ``phi [X, n, d]``). ``theta = 0``
-is ``pi_ref``; with ``d >= X n`` and features in general position every
+R^d`` shared by every context (``x.features`` ``phi [B, n, d]``). ``theta =
+0`` is ``pi_ref``; with ``d >= X n`` and features in general position every
 policy is representable, with fewer features the class is a restriction and
 ``pi*_beta`` may lie outside it.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nash_jax.games.core import Game
 from nash_jax.policies.core import Policy, enumerable, reference_plus
 
 
@@ -20,16 +19,17 @@ def make_loglinear(init: str = 'ref', init_scale: float = 1.0) -> Policy:
   """``init='ref'``: ``theta = 0``; ``'random'``: ``theta ~ N(0,
   init_scale^2 / d)``."""
 
-  def init_params(key, game: Game):
-    dim = game.feature_dim
-    theta = jnp.zeros((dim,), game.ref_policy.dtype)
+  def init_params(key, x, reference=None):
+    del reference
+    dim = x.features.shape[-1]
+    theta = jnp.zeros((dim,), x.log_ref.dtype)
     if init == 'random':
       theta = init_scale / jnp.sqrt(dim) * jax.random.normal(
           key, (dim,), theta.dtype)
     return theta
 
-  def log_probs(theta, game: Game, contexts):
-    scores = jnp.einsum('bnd,d->bn', game.features[contexts], theta)
-    return reference_plus(game.log_ref_policy[contexts], scores)
+  def log_probs(theta, x):
+    scores = jnp.einsum('bnd,d->bn', x.features, theta)
+    return reference_plus(x.log_ref, scores)
 
   return enumerable('loglinear', init_params, log_probs)

@@ -1,8 +1,9 @@
 """MLP policy (Flax) over context and response embeddings.
 
 ``pi_theta(y|x) ∝ pi_ref(y|x) exp(f_theta(psi(x), phi(x, y)))`` where ``f`` is
-an MLP on the concatenated context embedding ``psi(x)`` (Game.context_features)
-and response embedding ``phi(x, y)`` (Game.features), shared across contexts
+an MLP on the concatenated context embedding ``psi(x)``
+(``x.context_features``) and response embedding ``phi(x, y)``
+(``x.features``), shared across contexts
 and responses. The output layer starts at zero, so the initial policy is
 ``pi_ref`` whatever the hidden weights.
 """
@@ -14,7 +15,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nash_jax.games.core import Game
 from nash_jax.policies.core import Policy, enumerable, reference_plus
 
 
@@ -33,9 +33,9 @@ class ScoreMLP(nn.Module):
     return out[..., 0]
 
 
-def _inputs(game: Game, contexts):
-  phi = game.features[contexts]                        # [B, n, d]
-  psi = game.context_features[contexts]                # [B, d]
+def _inputs(x):
+  phi = x.features                                     # [B, n, d]
+  psi = x.context_features                             # [B, d]
   psi = jnp.broadcast_to(psi[:, None, :], phi.shape[:2] + psi.shape[-1:])
   return jnp.concatenate([psi, phi], axis=-1)
 
@@ -44,12 +44,13 @@ def make_mlp(hidden: Sequence[int] = (64, 64)) -> Policy:
   """An MLP policy with the given hidden widths (tanh activations)."""
   module = ScoreMLP(tuple(hidden))
 
-  def init_params(key, game: Game):
-    return module.init(key, _inputs(game, jnp.zeros((1,), jnp.int32)))
+  def init_params(key, x, reference=None):
+    del reference
+    return module.init(key, _inputs(x)[:1])
 
-  def log_probs(params, game: Game, contexts):
-    scores = module.apply(params, _inputs(game, contexts))
-    return reference_plus(game.log_ref_policy[contexts], scores)
+  def log_probs(params, x):
+    scores = module.apply(params, _inputs(x))
+    return reference_plus(x.log_ref, scores)
 
   return enumerable('mlp', init_params, log_probs)
 

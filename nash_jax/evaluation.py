@@ -1,0 +1,68 @@
+"""Evaluation functions handed to the trainer, and the exact-game runner.
+
+The trainer (:mod:`nash_jax.train`) calls ``evaluate(hyper, state,
+env_params, eval_data) -> metrics`` and knows nothing else. Here are the
+evaluations of environments whose responses can be listed (a tabular game,
+a token game with short responses): the policy's whole distribution
+``env.log_policy(policy, params, env_params)`` against the exact tabular game
+``env.game(env_params)`` and its reference solution ``eval_data`` (``log
+pi*_beta``), with the metrics of :mod:`nash_jax.metrics`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from nash_jax import metrics as metrics_lib
+from nash_jax import train as train_lib
+from nash_jax.algorithms.base import Algorithm
+from nash_jax.environments.core import Environment
+from nash_jax.environments.tabular import make_tabular_environment
+
+# The exact algorithms read the game itself; for evaluation any oracle will
+# do (only log_policy and game are used).
+TABULAR = make_tabular_environment()
+
+
+def log_policy(env: Environment, algorithm: Algorithm, state, env_params):
+  """``log pi [X, N]`` of a state's policy over the listed responses."""
+  return env.log_policy(algorithm.policy, state.params, env_params)
+
+
+@functools.lru_cache(maxsize=64)
+def exact_evaluator(make: Callable, env: Environment = TABULAR) -> Callable:
+  """``evaluate(hyper, state, env_params, log_equilibrium)``: the exact
+  metrics (:func:`nash_jax.metrics.evaluate`) of the state's whole
+  distribution at ``hyper['beta']`` (cached per ``make``, so that the
+  trainer's compiled functions are reused)."""
+
+  def evaluate(hyper, state, env_params, log_equilibrium):
+    log_pi = log_policy(env, make(hyper), state, env_params)
+    return metrics_lib.evaluate(log_pi, env.game(env_params), hyper['beta'],
+                                log_equilibrium)
+
+  return evaluate
+
+
+@functools.lru_cache(maxsize=64)
+def constant_maker(algorithm: Algorithm) -> Callable:
+  """``make`` of runs whose algorithm is fixed (hyperparameters closed over
+  as constants; only ``beta`` of the metrics is passed per run)."""
+  return lambda hyper: algorithm
+
+
+def train_on_game(algorithm: Algorithm, beta, keys, game, log_equilibrium,
+                  *, shared_game: bool, **kwargs):
+  """:func:`nash_jax.train.train` of a fixed algorithm on a tabular game
+  (shared or ``[S, ...]``) with the exact metrics at ``beta``; ``kwargs``
+  go to the trainer."""
+  make = constant_maker(algorithm)
+  dtype = jnp.asarray(log_equilibrium).dtype
+  hyper = {'beta': np.full(keys.shape[0], beta, dtype)}
+  return train_lib.train(make, exact_evaluator(make), keys, game,
+                         log_equilibrium, hyper=hyper, shared=shared_game,
+                         **kwargs)
