@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from nash_jax import algorithms, train
+from nash_jax import algorithms, evaluation, policies
 from nash_jax.algorithms import AlgorithmConfig
 from nash_jax.games import generate_game
 
@@ -56,7 +56,7 @@ def _game(n):
 
 def _algorithm():
   config = algorithms.resolve_config('nash_mp', AlgorithmConfig(beta=BETA))
-  return algorithms.make_algorithm('nash_mp', config)
+  return algorithms.make_algorithm('nash_mp', config, policies.make_tabular())
 
 
 def _time(fn, target):
@@ -86,7 +86,7 @@ def _trainer_rate(n, num_seeds, seed_block, steps):
   game, log_eq, alg, keys = _setup(n, num_seeds)
 
   def run():
-    state, _ = train.train(alg, BETA, keys, game, log_eq, num_steps=steps,
+    state, _ = evaluation.train_on_game(alg, BETA, keys, game, log_eq, num_steps=steps,
                            eval_every=steps, shared_game=True,
                            seed_block=seed_block)
     jax.block_until_ready(state.params)
@@ -98,7 +98,7 @@ def _loop_rate(n, num_seeds, steps):
 
   def run():
     for i in range(num_seeds):
-      state, _ = train.train(alg, BETA, keys[i:i + 1], game, log_eq,
+      state, _ = evaluation.train_on_game(alg, BETA, keys[i:i + 1], game, log_eq,
                              num_steps=steps, eval_every=steps,
                              shared_game=True)
     jax.block_until_ready(state.params)
@@ -138,7 +138,7 @@ def _memory_probe(steps):
   game = _game(10)
   log_eq = jnp.full((1, 10), -jnp.log(10.0), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
-  train.train(_algorithm(), BETA, keys, game, log_eq, num_steps=steps,
+  evaluation.train_on_game(_algorithm(), BETA, keys, game, log_eq, num_steps=steps,
               eval_every=1000, shared_game=True)
   print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 

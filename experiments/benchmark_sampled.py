@@ -28,8 +28,9 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import common
-from nash_jax import algorithms, policies, train
+from nash_jax import algorithms, evaluation, policies
 from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.games import generate_game
 
 flags.DEFINE_list('algorithms', list(algorithms.SAMPLED_ALGORITHM_NAMES),
@@ -52,13 +53,16 @@ def _setup(name, policy):
                        'random' if policy == 'tabular' else 'annotators',
                        f.num_contexts, f.num_actions, 'uniform', jnp.float32,
                        feature_dim=16)
-  config = AlgorithmConfig(beta=BETA, mode='sampled', policy=policy,
+  config = AlgorithmConfig(beta=BETA, mode='sampled',
                            batch_size=f.batch_size)
-  config = algorithms.resolve_config(name, config, f.num_contexts, 16)
-  algorithms.validate_config(name, config)
+  config = algorithms.resolve_config(name, config, f.num_contexts, 16, policy)
+  algorithms.validate_config(name, config, policy)
   log_eq = jnp.full((f.num_contexts, f.num_actions),
                     -jnp.log(float(f.num_actions)), jnp.float32)
-  return algorithms.make_algorithm(name, config), game, log_eq
+  algorithm = algorithms.make_algorithm(
+      name, config, policies.make_policy(policies.PolicyConfig(policy)),
+      make_tabular_environment())
+  return algorithm, game, log_eq
 
 
 def _rate(run, queries):
@@ -104,13 +108,13 @@ def main(argv):
         queries = s * f.steps * f.batch_size
 
         def trained(block, keys=keys):
-          return lambda: jax.block_until_ready(train.train(
+          return lambda: jax.block_until_ready(evaluation.train_on_game(
               alg, BETA, keys, game, log_eq, num_steps=f.steps,
               eval_every=f.steps, shared_game=True, seed_block=block)[0])
 
         def loop(keys=keys):
           for i in range(keys.shape[0]):
-            jax.block_until_ready(train.train(
+            jax.block_until_ready(evaluation.train_on_game(
                 alg, BETA, keys[i:i + 1], game, log_eq, num_steps=f.steps,
                 eval_every=f.steps, shared_game=True)[0])
 

@@ -6,6 +6,7 @@ equilibrium of nash_jax.reference (convergence, rates, query accounting), and
 the registry's defaults and refusals against its documented contract.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -14,17 +15,44 @@ import numpy as np
 import pytest
 import scipy.special
 
+from nash_jax import algorithms as algorithms_lib
 from nash_jax import metrics, reference, rules
 from nash_jax.algorithms import (
   ALGORITHM_NAMES,
   ALGORITHMS,
   AlgorithmConfig,
   ConfigError,
-  make_algorithm,
   resolve_config,
   validate_config,
 )
+from nash_jax.environments import TabularContexts
 from nash_jax.games import core, generate_game, make_game
+from nash_jax.policies import PolicyConfig, make_policy
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularConfig(AlgorithmConfig):
+  """An algorithm's config with its tabular policy's initialization."""
+
+  init: str = 'ref'
+  init_scale: float = 1.0
+
+
+def make_algorithm(name, config, policy=None):
+  """An exact algorithm with a tabular policy (``policy``, or the
+  initialization in a :class:`TabularConfig`)."""
+  if policy is None:
+    policy = PolicyConfig(init=getattr(config, 'init', 'ref'),
+                          init_scale=getattr(config, 'init_scale', 1.0))
+  return algorithms_lib.make_algorithm(name, config, make_policy(policy))
+
+
+def log_policy(algorithm, state):
+  """``log pi [X, n]`` of an exact algorithm's state (its params are a
+  per-context table)."""
+  num_contexts = state.params.shape[-2]
+  contexts = TabularContexts(index=jnp.arange(num_contexts), log_ref=None)
+  return algorithm.policy.log_probs(state.params, contexts)
 
 BETA = 0.1
 NUM_ACTIONS = 20
@@ -140,7 +168,7 @@ def get_game(name):
 
 
 def config_for(name, num_contexts=2, **kwargs):
-  config = resolve_config(name, AlgorithmConfig(**kwargs), num_contexts)
+  config = resolve_config(name, TabularConfig(**kwargs), num_contexts)
   validate_config(name, config)
   return config
 
@@ -180,9 +208,9 @@ def trajectory_runner(name, config, num_steps):
 
     def body(state, _):
       state, _ = algorithm.step(state, game)
-      return state, algorithm.log_policy(state)
+      return state, log_policy(algorithm, state)
     _, log_policies = jax.lax.scan(body, state, None, length=num_steps)
-    return algorithm.log_policy(state), log_policies
+    return log_policy(algorithm, state), log_policies
   return run
 
 
@@ -194,7 +222,7 @@ def log_policies_after(name, config, game, steps, seed=0):
   out = []
   for k in steps:
     algorithm, state = run_steps(name, config, game, k, seed)
-    out.append(np.asarray(algorithm.log_policy(state)))
+    out.append(np.asarray(log_policy(algorithm, state)))
   return np.stack(out)
 
 
@@ -575,7 +603,7 @@ def test_default_config_converges(game_name, name):
   budget = STEP_BUDGETS[game_name][name]
   config = config_for(name, beta=BETA)
   algorithm, state = run_steps(name, config, game, budget)
-  log_pi = algorithm.log_policy(state)
+  log_pi = log_policy(algorithm, state)
   kl0 = float(metrics.kl_to_equilibrium(game.log_ref_policy, log_eq, game))
   kl = float(metrics.kl_to_equilibrium(log_pi, log_eq, game))
   assert kl0 > 1e-2
@@ -765,7 +793,7 @@ def test_equilibrium_is_a_fixed_point_of_every_step(name):
     state = state.replace(extra=core.win_rates(game.preferences,
                                                jnp.exp(log_eq)))
   new, info = jitted_step(name, config)(state, game)
-  np.testing.assert_allclose(algorithm.log_policy(new), log_eq, rtol=0,
+  np.testing.assert_allclose(log_policy(algorithm, new), log_eq, rtol=0,
                              atol=1e-9)
   if name == 'proximal_point':
     assert int(info['inner_steps']) == 0
@@ -868,10 +896,6 @@ REFUSALS = [
     ('online_ipo', dict(learning_rate=float('nan')), 'learning_rate'),
     ('self_play_pg', dict(optimizer='rmsprop'), 'optimizer'),
     ('online_ipo', dict(optimizer='SGD'), 'optimizer'),
-    ('omd', dict(init='uniform'), 'init'),
-    ('self_play_pg', dict(init='zeros'), 'init'),
-    ('nash_mp', dict(init_scale=-1.0), 'init_scale'),
-    ('omwu', dict(init_scale=float('inf')), 'init_scale'),
     ('proximal_point', dict(PROX, inner_steps=-1), 'inner_steps'),
     ('proximal_point', dict(PROX, inner_tolerance=0.0), 'inner_tolerance'),
     ('proximal_point', dict(PROX, inner_tolerance=-1e-8), 'inner_tolerance'),
@@ -896,6 +920,18 @@ def test_validate_config_refuses(name, kwargs, flag):
     validate_config(name, config)
   assert str(error.value).startswith(f'--{flag}:')
   assert error.value.flag == flag
+
+
+@pytest.mark.parametrize('kwargs,flag', [
+    (dict(init='uniform'), 'init'), (dict(init='zeros'), 'init'),
+    (dict(init_scale=-1.0), 'init_scale'),
+    (dict(init_scale=float('inf')), 'init_scale'),
+    (dict(policy='lstm'), 'policy'),
+    (dict(policy='mlp', hidden_sizes=(8, 0)), 'hidden_sizes')])
+def test_validate_policy_config_refuses(kwargs, flag):
+  from nash_jax.policies import validate_policy_config
+  with pytest.raises(ConfigError, match=f'^--{flag}:'):
+    validate_policy_config(PolicyConfig(**kwargs))
 
 
 def test_resolve_config_refuses_unknown_algorithm():
@@ -946,22 +982,23 @@ def test_initial_policy(name):
   game, _ = get_game('random_ref')
   ref = np.asarray(game.ref_policy)
   init_ref = make_algorithm(name, config_for(name, beta=BETA)).init
-  algorithm = make_algorithm(name, config_for(name, beta=BETA, init='random'))
+  algorithm = make_algorithm(name, config_for(name, beta=BETA),
+                             PolicyConfig(init='random'))
   state = init_ref(jax.random.key(0), game)
-  np.testing.assert_allclose(np.exp(algorithm.log_policy(state)), ref,
+  np.testing.assert_allclose(np.exp(log_policy(algorithm, state)), ref,
                              rtol=1e-12)
   key0, key1 = jax.random.key(0), jax.random.key(1)
-  log_pi0 = np.asarray(algorithm.log_policy(algorithm.init(key0, game)))
-  log_pi1 = np.asarray(algorithm.log_policy(algorithm.init(key1, game)))
-  again = np.asarray(algorithm.log_policy(algorithm.init(key0, game)))
+  log_pi0 = np.asarray(log_policy(algorithm, algorithm.init(key0, game)))
+  log_pi1 = np.asarray(log_policy(algorithm, algorithm.init(key1, game)))
+  again = np.asarray(log_policy(algorithm, algorithm.init(key0, game)))
   assert_normalized(log_pi0)
   np.testing.assert_array_equal(log_pi0, again)
   assert np.max(np.abs(log_pi0 - log_pi1)) > 0.1
   assert np.max(np.abs(log_pi0 - np.log(ref))) > 0.1
   # pi ∝ pi_ref exp(init_scale * noise): the log-ratio scales with init_scale.
-  scaled = make_algorithm(name, config_for(name, beta=BETA, init='random',
-                                           init_scale=2.5))
-  log_pi_scaled = np.asarray(scaled.log_policy(scaled.init(key0, game)))
+  scaled = make_algorithm(name, config_for(name, beta=BETA),
+                          PolicyConfig(init='random', init_scale=2.5))
+  log_pi_scaled = np.asarray(log_policy(scaled, scaled.init(key0, game)))
 
   def centred_log_ratio(log_pi):
     r = log_pi - np.log(ref)
@@ -997,7 +1034,9 @@ def test_experiment_config_mirrors_algorithm_config_defaults():
   from nash_jax.experiment import ExperimentConfig
   experiment_defaults = {f.name: f.default
                          for f in dataclasses.fields(ExperimentConfig)}
-  for field in dataclasses.fields(AlgorithmConfig):
-    assert field.name in experiment_defaults, field.name
-    assert experiment_defaults[field.name] == field.default, field.name
+  for config in (AlgorithmConfig, PolicyConfig):
+    for field in dataclasses.fields(config):
+      assert field.name in experiment_defaults, field.name
+      assert experiment_defaults[field.name] == field.default, field.name
   assert ExperimentConfig().algorithm_config() == AlgorithmConfig()
+  assert ExperimentConfig().policy_config() == PolicyConfig()

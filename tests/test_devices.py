@@ -14,9 +14,10 @@ import pytest
 SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
-    from nash_jax import algorithms, train
+    from nash_jax import algorithms, evaluation, policies, train
     from nash_jax.algorithms import AlgorithmConfig
     from nash_jax.games import generate_game
+    POLICY = policies.make_tabular('random')
     assert jax.device_count() == 8, jax.devices()
     num_seeds = 5  # not divisible by the device count
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
@@ -25,13 +26,13 @@ SCRIPT = textwrap.dedent('''
     log_eq = jnp.full((num_seeds, 2, 7), -jnp.log(7.0))
     for name in ('nash_mp', 'omwu', 'self_play_pg'):
       config = algorithms.resolve_config(name, AlgorithmConfig(
-          beta=0.1, init='random'), 2)
-      alg = algorithms.make_algorithm(name, config)
+          beta=0.1), 2)
+      alg = algorithms.make_algorithm(name, config, POLICY)
       results = {}
       for devices in (1, 8):
         for block in (1, 2):
           mesh = train.seed_mesh(devices)
-          results[devices, block] = train.train(
+          results[devices, block] = evaluation.train_on_game(
               alg, 0.1, keys, games, log_eq, num_steps=7, eval_every=3,
               shared_game=False, first_seed=2, seed_block=block, mesh=mesh)
       for block in (1, 2):
@@ -44,11 +45,11 @@ SCRIPT = textwrap.dedent('''
       assert len(results[8, 1][0].params) == num_seeds
     game = jax.tree.map(lambda x: x[0], games)
     alg = algorithms.make_algorithm('nash_mp', algorithms.resolve_config(
-        'nash_mp', AlgorithmConfig(beta=0.1, init='random'), 2))
-    one = train.train(alg, 0.1, keys, game, log_eq[0], num_steps=4,
+        'nash_mp', AlgorithmConfig(beta=0.1), 2), POLICY)
+    one = evaluation.train_on_game(alg, 0.1, keys, game, log_eq[0], num_steps=4,
                       eval_every=2, shared_game=True,
                       mesh=train.seed_mesh(1))
-    eight = train.train(alg, 0.1, keys, game, log_eq[0], num_steps=4,
+    eight = evaluation.train_on_game(alg, 0.1, keys, game, log_eq[0], num_steps=4,
                         eval_every=2, shared_game=True,
                         mesh=train.seed_mesh(8))
     jax.tree.map(np.testing.assert_array_equal, one[0], eight[0])

@@ -15,7 +15,7 @@ import scipy.special
 import scipy.stats
 
 from nash_jax import policies
-from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.environments.tabular import all_contexts, context_data
 from nash_jax.games import GameFileError, generate_game, load_game
 
 NUM_CONTEXTS, NUM_ACTIONS, FEATURE_DIM = 3, 5, 4
@@ -34,15 +34,23 @@ def _game(seed=0, feature_dim=FEATURE_DIM, ref_policy='random'):
 
 
 def _policy(name):
-  config = AlgorithmConfig(mode='sampled', policy=name, init='ref',
-                           hidden_sizes=(8, 8))
-  return policies.make_policy(name, config)
+  config = policies.PolicyConfig(policy=name, init='ref', hidden_sizes=(8, 8))
+  return policies.make_policy(config)
+
+
+def _init(policy, key, game):
+  return policy.init(key, all_contexts(game), None)
+
+
+def _full(policy, params, game):
+  """``log pi [X, n]`` over every context."""
+  return policy.log_probs(params, all_contexts(game))
 
 
 def _random_params(name, game, seed=1):
   """Params of a policy well away from ``pi_ref``."""
   key = jax.random.PRNGKey(seed)
-  params = _policy(name).init(key, game)
+  params = _init(_policy(name), key, game)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
   scale = {'tabular': 1.0, 'loglinear': 0.7, 'mlp': 1.0}[name]
@@ -62,7 +70,7 @@ def test_log_probs_are_normalized_and_match_log_prob(name):
   assert policy.name == name
   params = _random_params(name, game)
   contexts = jnp.array([2, 0, 1, 1, 0, 2, 2])
-  log_probs = np.asarray(jax.jit(policy.log_probs)(params, game, contexts))
+  log_probs = np.asarray(jax.jit(policy.log_probs)(params, context_data(game, contexts)))
   assert log_probs.shape == (7, NUM_ACTIONS)
   np.testing.assert_allclose(scipy.special.logsumexp(log_probs, axis=-1), 0,
                              atol=1e-12)
@@ -70,11 +78,11 @@ def test_log_probs_are_normalized_and_match_log_prob(name):
   np.testing.assert_array_equal(log_probs[0], log_probs[5])
   assert not np.allclose(log_probs[0], log_probs[1])
   responses = jnp.array([4, 0, 3, 1, 2, 0, 4])
-  log_prob = np.asarray(jax.jit(policy.log_prob)(params, game, contexts,
-                                                 responses))
+  log_prob = np.asarray(jax.jit(policy.log_prob)(
+      params, context_data(game, contexts), responses))
   np.testing.assert_array_equal(
       log_prob, log_probs[np.arange(7), np.asarray(responses)])
-  full = np.asarray(policies.full_log_policy(policy, params, game))
+  full = np.asarray(_full(policy, params, game))
   np.testing.assert_allclose(full[np.asarray(contexts)], log_probs,
                              rtol=1e-12, atol=1e-12)
   # The parameters matter: the policy is far from pi_ref.
@@ -86,8 +94,8 @@ def test_log_probs_are_normalized_and_match_log_prob(name):
 def test_initial_policy_is_the_reference(name, seed):
   game = _game(seed)
   policy = _policy(name)
-  params = policy.init(jax.random.PRNGKey(seed + 10), game)
-  log_pi = np.asarray(policies.full_log_policy(policy, params, game))
+  params = _init(policy, jax.random.PRNGKey(seed + 10), game)
+  log_pi = np.asarray(_full(policy, params, game))
   np.testing.assert_allclose(log_pi, np.log(np.asarray(game.ref_policy)),
                              rtol=0, atol=1e-12)
   if name == 'mlp':
@@ -99,11 +107,11 @@ def test_initial_policy_is_the_reference(name, seed):
 def test_random_init_differs_from_the_reference():
   game = _game()
   for name in ('tabular', 'loglinear'):
-    config = AlgorithmConfig(mode='sampled', policy=name, init='random',
-                             init_scale=1.0)
-    policy = policies.make_policy(name, config)
-    log_pi = [np.asarray(policies.full_log_policy(
-        policy, policy.init(jax.random.PRNGKey(s), game), game))
+    config = policies.PolicyConfig(policy=name, init='random',
+                                   init_scale=1.0)
+    policy = policies.make_policy(config)
+    log_pi = [np.asarray(_full(
+        policy, _init(policy, jax.random.PRNGKey(s), game), game))
               for s in (0, 1)]
     log_ref = np.log(np.asarray(game.ref_policy))
     assert np.max(np.abs(log_pi[0] - log_ref)) > 0.1, name
@@ -122,8 +130,8 @@ def _chi_square(samples, contexts, probs):
 def _draws(policy, params, game, mixture=0.0, seed=3):
   contexts = jnp.repeat(jnp.arange(NUM_CONTEXTS), DRAWS_PER_CONTEXT)
   sample = jax.jit(policy.sample)
-  samples = np.asarray(sample(jax.random.PRNGKey(seed), params, game,
-                              contexts, mixture))
+  samples = np.asarray(sample(jax.random.PRNGKey(seed), params,
+                              context_data(game, contexts), mixture))
   assert samples.shape == contexts.shape
   assert samples.min() >= 0 and samples.max() < NUM_ACTIONS
   return samples, np.asarray(contexts)
@@ -135,7 +143,7 @@ def test_sample_frequencies_match_the_policy(name, mixture):
   game = _game()
   policy = _policy(name)
   params = _random_params(name, game)
-  log_pi = np.asarray(policies.full_log_policy(policy, params, game))
+  log_pi = np.asarray(_full(policy, params, game))
   log_ref = np.log(np.asarray(game.ref_policy))
   target = np.exp(_np_log_softmax((1 - mixture) * log_pi + mixture * log_ref))
   samples, contexts = _draws(policy, params, game, mixture)
@@ -156,13 +164,12 @@ def test_mixture_can_be_traced():
   params = _random_params('tabular', game)
   contexts = jnp.arange(NUM_CONTEXTS)
   key = jax.random.PRNGKey(0)
-  batched = jax.jit(jax.vmap(policy.sample, in_axes=(None, None, None, None,
-                                                     0)))
+  x = context_data(game, contexts)
+  batched = jax.jit(jax.vmap(policy.sample, in_axes=(None, None, None, 0)))
   mixtures = jnp.array([0.0, 0.5])
-  out = batched(key, params, game, contexts, mixtures)
+  out = batched(key, params, x, mixtures)
   for i, c in enumerate([0.0, 0.5]):
-    np.testing.assert_array_equal(
-        out[i], policy.sample(key, params, game, contexts, c))
+    np.testing.assert_array_equal(out[i], policy.sample(key, params, x, c))
 
 
 def test_loglinear_represents_any_policy_with_enough_features():
@@ -177,7 +184,7 @@ def test_loglinear_represents_any_policy_with_enough_features():
   rhs = (log_target - np.log(np.asarray(game.ref_policy))).reshape(-1)
   theta, *_ = np.linalg.lstsq(phi, rhs, rcond=None)
   policy = _policy('loglinear')
-  log_pi = np.asarray(policies.full_log_policy(policy, jnp.asarray(theta),
+  log_pi = np.asarray(_full(policy, jnp.asarray(theta),
                                                game))
   np.testing.assert_allclose(log_pi, log_target, rtol=0, atol=1e-9)
 
@@ -186,7 +193,7 @@ def test_loglinear_represents_any_policy_with_enough_features():
   phi = np.asarray(small.features).reshape(-1, FEATURE_DIM)
   rhs = (log_target - np.log(np.asarray(small.ref_policy))).reshape(-1)
   theta, *_ = np.linalg.lstsq(phi, rhs, rcond=None)
-  log_pi = np.asarray(policies.full_log_policy(policy, jnp.asarray(theta),
+  log_pi = np.asarray(_full(policy, jnp.asarray(theta),
                                                small))
   assert np.max(np.abs(log_pi - log_target)) > 0.1
 
@@ -194,7 +201,7 @@ def test_loglinear_represents_any_policy_with_enough_features():
 def test_loglinear_formula():
   game = _game()
   theta = jnp.array([0.3, -1.0, 0.5, 2.0])
-  log_pi = np.asarray(policies.full_log_policy(_policy('loglinear'), theta,
+  log_pi = np.asarray(_full(_policy('loglinear'), theta,
                                                game))
   expected = _np_log_softmax(np.log(np.asarray(game.ref_policy)) +
                              np.asarray(game.features) @ np.asarray(theta))
@@ -205,10 +212,10 @@ def test_mlp_shares_weights_across_contexts_and_reads_context_features():
   game = _game()
   policy = _policy('mlp')
   params = _random_params('mlp', game)
-  log_pi = np.asarray(policies.full_log_policy(policy, params, game))
+  log_pi = np.asarray(_full(policy, params, game))
   # Moving one context's features moves only that context's policy.
   psi = game.context_features.at[1].add(1.0)
-  moved = np.asarray(policies.full_log_policy(
+  moved = np.asarray(_full(
       policy, params, game.replace(context_features=psi)))
   np.testing.assert_array_equal(moved[[0, 2]], log_pi[[0, 2]])
   assert np.max(np.abs(moved[1] - log_pi[1])) > 1e-3
@@ -218,7 +225,7 @@ def test_mlp_shares_weights_across_contexts_and_reads_context_features():
       context_features=game.context_features.at[2].set(
           game.context_features[0]),
       ref_policy=game.ref_policy.at[2].set(game.ref_policy[0]))
-  log_copied = np.asarray(policies.full_log_policy(policy, params, copied))
+  log_copied = np.asarray(_full(policy, params, copied))
   np.testing.assert_allclose(log_copied[2], log_copied[0], rtol=0,
                              atol=1e-12)
 
@@ -273,16 +280,16 @@ def test_features_are_loaded_from_npz(tmp_path):
   np.testing.assert_array_equal(game.context_features, np.zeros((2, 4)))
   # A policy reads them.
   theta = jnp.array([1.0, 0.0, -1.0, 0.5])
-  log_pi = np.asarray(policies.full_log_policy(_policy('loglinear'), theta,
+  log_pi = np.asarray(_full(_policy('loglinear'), theta,
                                                game))
   np.testing.assert_allclose(
       log_pi, _np_log_softmax(np.log(np.full((2, 3), 1 / 3)) +
                               arrays['features'] @ np.asarray(theta)),
       rtol=1e-12, atol=1e-12)
   mlp = _policy('mlp')
-  params = mlp.init(jax.random.PRNGKey(0), game)
+  params = _init(mlp, jax.random.PRNGKey(0), game)
   np.testing.assert_allclose(
-      policies.full_log_policy(mlp, params, game), np.log(1 / 3), atol=1e-12)
+      _full(mlp, params, game), np.log(1 / 3), atol=1e-12)
   # A .npz without features has none.
   np.savez(path, preferences=arrays['preferences'])
   assert load_game(str(path)).features is None

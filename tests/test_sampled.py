@@ -14,21 +14,64 @@
   jit and vmap, traced hyperparameters, and the registry's refusals.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nash_jax import algorithms as algorithms_lib
 from nash_jax import policies, reference, rules
 from nash_jax.algorithms import (
   SAMPLED_ALGORITHM_NAMES,
   AlgorithmConfig,
   ConfigError,
-  make_algorithm,
-  resolve_config,
-  validate_config,
 )
+from nash_jax.environments.tabular import ORACLES, make_tabular_environment
+from nash_jax.evaluation import TABULAR
 from nash_jax.games import generate_game, make_game, win_rates
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup(AlgorithmConfig):
+  """An algorithm's config with the policy and oracle settings that an
+  experiment keeps beside it (policy class, initialization, MLP widths; the
+  tabular environment's oracle)."""
+
+  policy: str = 'tabular'
+  init: str = 'ref'
+  init_scale: float = 1.0
+  hidden_sizes: tuple = (64, 64)
+  oracle: str = 'bernoulli'
+
+  def policy_config(self):
+    return policies.PolicyConfig(self.policy, self.init, self.init_scale,
+                                 tuple(self.hidden_sizes))
+
+
+def resolve_config(name, config, num_contexts=1, feature_dim=1):
+  return algorithms_lib.resolve_config(name, config, num_contexts,
+                                       feature_dim, config.policy)
+
+
+def validate_config(name, config):
+  policies.validate_policy_config(config.policy_config())
+  if config.oracle not in ORACLES:
+    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}')
+  algorithms_lib.validate_config(name, config, config.policy)
+
+
+def make_algorithm(name, config):
+  """The algorithm with its policy class on the tabular environment."""
+  return algorithms_lib.make_algorithm(
+      name, config, policies.make_policy(config.policy_config()),
+      make_tabular_environment(config.oracle))
+
+
+def log_policy(algorithm, state, game):
+  """``log pi [X, n]`` of a state's policy on a tabular game."""
+  return TABULAR.log_policy(algorithm.policy, state.params, game)
 
 BETA, ETA = 0.3, 0.5
 NUM_BATCHES = 4000
@@ -37,7 +80,7 @@ Z = 5.0  # tolerance in standard errors (deterministic seeds: no flakiness)
 
 
 def _config(name, **kwargs):
-  config = AlgorithmConfig(mode='sampled', **kwargs)
+  config = Setup(mode='sampled', **kwargs)
   config = resolve_config(name, config, num_contexts=2)
   validate_config(name, config)
   return config
@@ -62,7 +105,7 @@ def _logits(seed, shape=(2, 4), scale=1.0):
 
 def _state(algorithm, game, params, **extra):
   state = algorithm.init(jax.random.PRNGKey(0), game)
-  return state.replace(params=params, extra=dict(state.extra, **extra))
+  return state.replace(params=params, **extra)
 
 
 def _batch_gradients(algorithm, state, game):
@@ -322,7 +365,7 @@ def test_nash_prox_with_anchor_every_step_is_online_ipo(policy, anchor):
   last = jax.tree.map(lambda v: v[-1], a.params)
   assert max(np.max(np.abs(x - y)) for x, y in zip(
       jax.tree.leaves(first), jax.tree.leaves(last))) > 1e-3
-  for x, y in zip(jax.tree.leaves(a.extra['anchor']),
+  for x, y in zip(jax.tree.leaves(a.anchor),
                   jax.tree.leaves(a.params)):
     np.testing.assert_array_equal(x, y)
   if c:
@@ -364,7 +407,7 @@ def test_nash_prox_with_many_inner_steps_is_proximal_point():
                                              beta * (1 + 1 / eta))
 
   keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(1, 3))
-  policy = jax.vmap(algorithm.log_policy, in_axes=(0, None))
+  policy = jax.vmap(lambda s, g: log_policy(algorithm, s, g), in_axes=(0, None))
   starts = jax.vmap(algorithm.init, in_axes=(0, None))(keys, game)
   states = jax.jit(jax.vmap(
       lambda key: _trajectory(algorithm, game, 2 * inner, key, jit=False)))(
@@ -376,7 +419,7 @@ def test_nash_prox_with_many_inner_steps_is_proximal_point():
     pi_2 = prox_point(pi_1)
     for k, target in ((1, pi_1), (2, pi_2)):
       state = jax.tree.map(lambda v: v[seed], at(k * inner))
-      pi = np.exp(algorithm.log_policy(state, game))
+      pi = np.exp(log_policy(algorithm, state, game))
       assert _kl(target, pi) < tolerance, (seed, k, _kl(target, pi))
       # Closer to the PP iterate than to its neighbours by a wide margin.
       previous = pi_0[seed] if k == 1 else pi_1
@@ -384,10 +427,10 @@ def test_nash_prox_with_many_inner_steps_is_proximal_point():
         assert _kl(target, other) > 5 * tolerance
         assert _kl(other, pi) > 5 * tolerance
       # The anchor was copied exactly at step k M, not before.
-      np.testing.assert_array_equal(state.extra['anchor'], state.params)
-      before = at(k * inner - 1).extra['anchor'][seed]
+      np.testing.assert_array_equal(state.anchor, state.params)
+      before = at(k * inner - 1).anchor[seed]
       if k == 1:  # The initial params all along (up to XLA's rounding).
-        np.testing.assert_array_equal(before, at(1).extra['anchor'][seed])
+        np.testing.assert_array_equal(before, at(1).anchor[seed])
         np.testing.assert_allclose(before, starts.params[seed], rtol=0,
                                    atol=1e-12)
       else:
@@ -411,7 +454,7 @@ def test_nash_prox_loglinear_converges_when_realizable():
   games = jax.vmap(lambda s: generate_game(
       jax.random.PRNGKey(s), 'annotators', num_contexts, num_actions,
       'uniform', jnp.float64, dim))(seeds)
-  config = AlgorithmConfig(mode='sampled', policy='loglinear', beta=beta,
+  config = Setup(mode='sampled', policy='loglinear', beta=beta,
                            batch_size=64)
   config = resolve_config('nash_prox', config, num_contexts, dim)
   validate_config('nash_prox', config)
@@ -424,7 +467,7 @@ def test_nash_prox_loglinear_converges_when_realizable():
     state = algorithm.init(jax.random.PRNGKey(100 + seed), game)
     state, _ = jax.lax.scan(lambda s, _: (algorithm.step(s, game)[0], None),
                             state, None, length=num_steps)
-    return algorithm.log_policy(state, game), state.preference_queries
+    return log_policy(algorithm, state, game), state.preference_queries
 
   log_pi, queries = run(seeds, games)
   np.testing.assert_array_equal(queries, num_steps * 64)
@@ -437,7 +480,7 @@ def test_nash_prox_loglinear_converges_when_realizable():
     rhs = (np.log(pi_star) - np.log(game.ref_policy)).reshape(-1)
     theta = np.linalg.lstsq(phi, rhs, rcond=None)[0]
     np.testing.assert_allclose(
-        policies.full_log_policy(policies.make_loglinear(), theta, game),
+        TABULAR.log_policy(policies.make_loglinear(), theta, game),
         np.log(pi_star), atol=1e-8)
     start = _kl(pi_star, np.asarray(game.ref_policy))
     final = _kl(pi_star, np.exp(np.asarray(log_pi[i])))
@@ -465,8 +508,8 @@ def test_approx_nash_mp_refreshes_half_and_anchor_on_schedule():
       half = params[t]
     if t % (2 * inner) == 0:
       anchor = params[t]
-    np.testing.assert_array_equal(states.extra['half'][t - 1], half, str(t))
-    np.testing.assert_array_equal(states.extra['anchor'][t - 1], anchor,
+    np.testing.assert_array_equal(states.half[t - 1], half, str(t))
+    np.testing.assert_array_equal(states.anchor[t - 1], anchor,
                                   str(t))
   assert int(states.step[-1]) == num_steps
   assert int(states.preference_queries[-1]) == 16 * num_steps
@@ -474,7 +517,7 @@ def test_approx_nash_mp_refreshes_half_and_anchor_on_schedule():
 
 def test_approx_nash_mp_default_inner_steps():
   config = resolve_config('approx_nash_mp',
-                          AlgorithmConfig(mode='sampled'))
+                          Setup(mode='sampled'))
   assert config.inner_steps == 10
   assert config.eta == pytest.approx(2 * config.beta)
 
@@ -496,7 +539,7 @@ def test_approx_nash_mp_with_one_inner_step_converges():
     state = algorithm.init(jax.random.PRNGKey(100 + seed), game)
     state, _ = jax.lax.scan(lambda s, _: (algorithm.step(s, game)[0], None),
                             state, None, length=num_steps)
-    return algorithm.log_policy(state, game)
+    return log_policy(algorithm, state, game)
 
   log_pi = run(seeds, games)
   for i in range(len(seeds)):
@@ -516,7 +559,7 @@ def _run_steps(algorithm, game, num_steps):
     state = algorithm.init(key, game)
     state, info = jax.lax.scan(lambda s, _: algorithm.step(s, game), state,
                                None, length=num_steps)
-    return state, info, algorithm.log_policy(state, game)
+    return state, info, log_policy(algorithm, state, game)
   return run
 
 
@@ -614,7 +657,7 @@ def test_gradient_clipping_and_cosine_schedule():
 
 def _refused(name, **kwargs):
   with pytest.raises(ConfigError) as error:
-    config = resolve_config(name, AlgorithmConfig(**kwargs), 1)
+    config = resolve_config(name, Setup(**kwargs), 1)
     validate_config(name, config)
   return error.value
 
@@ -695,7 +738,7 @@ def test_boundaries_are_accepted():
       ('online_ipo', dict(policy='mlp', hidden_sizes=(1,))),
       ('online_ipo', dict(optimizer='adam')),
   ]:
-    config = resolve_config(name, AlgorithmConfig(mode='sampled', **kwargs))
+    config = resolve_config(name, Setup(mode='sampled', **kwargs))
     validate_config(name, config)
     assert config.learning_rate > 0, name
 
@@ -707,7 +750,7 @@ def test_default_sampled_optimizer_and_learning_rates(policy):
   which is ``X / (4 (beta + 1/4))`` for tabular and ``1 / (4 d (beta +
   1/4))`` for the shared-parameter classes."""
   beta, num_contexts, dim = 0.2, 3, 5
-  resolve = lambda name, **kw: resolve_config(name, AlgorithmConfig(
+  resolve = lambda name, **kw: resolve_config(name, Setup(
       mode='sampled', beta=beta, policy=policy, **kw), num_contexts, dim)
   for name in SAMPLED_ALGORITHM_NAMES:
     config = resolve(name)
@@ -725,4 +768,4 @@ def test_default_sampled_optimizer_and_learning_rates(policy):
   for name in ('online_ipo', 'nash_prox'):
     assert rates[name] == pytest.approx(pg * beta / 4, rel=1e-12)
   # The exact mode keeps sgd.
-  assert resolve_config('self_play_pg', AlgorithmConfig()).optimizer == 'sgd'
+  assert resolve_config('self_play_pg', Setup()).optimizer == 'sgd'

@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nash_jax import algorithms, train
+from nash_jax import algorithms, evaluation, policies, train
 from nash_jax.algorithms import AlgorithmConfig
 from nash_jax.games import generate_game
 
 NUM_SEEDS = 5
+POLICY = policies.make_tabular('random')
 FIRST_SEED = 3
 
 
@@ -19,15 +20,15 @@ def _setup(name, num_contexts=2, n=9, beta=0.1):
                                            'random', jnp.float64))(keys)
   log_eq = jnp.full((NUM_SEEDS, num_contexts, n), -jnp.log(n))
   config = algorithms.resolve_config(
-      name, AlgorithmConfig(beta=beta, init='random'), num_contexts)
+      name, AlgorithmConfig(beta=beta), num_contexts)
   if name == 'proximal_point':
     config = config.replace(inner_steps=3)
-  return algorithms.make_algorithm(name, config), keys, games, log_eq
+  return algorithms.make_algorithm(name, config, POLICY), keys, games, log_eq
 
 
 def _run(alg, keys, games, log_eq, first_seed, seed_block, shared=False,
          num_steps=10):
-  return train.train(alg, 0.1, keys, games, log_eq, num_steps=num_steps,
+  return evaluation.train_on_game(alg, 0.1, keys, games, log_eq, num_steps=num_steps,
                      eval_every=5, shared_game=shared, first_seed=first_seed,
                      seed_block=seed_block)
 
@@ -100,7 +101,7 @@ def test_rows_are_evaluation_points_and_until_stops_early():
   # The last, shorter chunk is still exactly 2 steps.
   np.testing.assert_array_equal(rows[-1]['preference_queries'], 24)
   assert all(r['kl_to_equilibrium'].shape == (NUM_SEEDS,) for r in rows)
-  _, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=100,
+  _, rows = evaluation.train_on_game(alg, 0.1, keys, games, log_eq, num_steps=100,
                         eval_every=5, shared_game=False,
                         until=lambda r: np.min(r['preference_queries']) >= 20)
   assert [int(r['step'][0]) for r in rows] == [0, 5, 10]
@@ -116,11 +117,11 @@ def test_sweep_over_traced_beta_and_eta_matches_separate_runs():
 
   def final_policy(beta):
     config = AlgorithmConfig(beta=beta, eta=2 * beta)
-    alg = algorithms.make_algorithm('nash_mp', config)
+    alg = algorithms.make_algorithm('nash_mp', config, POLICY)
     state = alg.init(keys[0], game)
     state, _ = jax.lax.scan(lambda s, _: (alg.step(s, game)[0], None), state,
                             None, length=10)
-    return alg.log_policy(state)
+    return state.params  # nash_mp's params are log pi
 
   swept = jax.jit(jax.vmap(final_policy))(betas)
   for i, beta in enumerate(betas):
@@ -137,16 +138,16 @@ def test_resume_continues_bit_identically_and_respects_until():
       saved['resume'] = (get_state(), list(rows), done)
 
   full_state, full_rows = _run(alg, keys, games, log_eq, 0, 1, num_steps=20)
-  train.train(alg, 0.1, keys, games, log_eq, num_steps=20, eval_every=5,
+  evaluation.train_on_game(alg, 0.1, keys, games, log_eq, num_steps=20, eval_every=5,
               shared_game=False, on_chunk=keep)
-  state, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=20,
+  state, rows = evaluation.train_on_game(alg, 0.1, keys, games, log_eq, num_steps=20,
                             eval_every=5, shared_game=False,
                             resume=saved['resume'])
   jax.tree.map(np.testing.assert_array_equal, state, full_state)
   assert len(rows) == len(full_rows)
   # A run that had stopped on its rule does not take another chunk.
   stop = lambda r: np.min(r['preference_queries']) >= 10
-  _, rows = train.train(alg, 0.1, keys, games, log_eq, num_steps=20,
+  _, rows = evaluation.train_on_game(alg, 0.1, keys, games, log_eq, num_steps=20,
                         eval_every=5, shared_game=False,
                         resume=saved['resume'], until=stop)
   assert [int(r['step'][0]) for r in rows] == [0, 5, 10]

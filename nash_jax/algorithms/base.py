@@ -31,6 +31,7 @@ import optax
 
 from nash_jax.errors import ConfigError  # noqa: F401 (re-exported)
 from nash_jax.policies.core import Policy
+from nash_jax.settings import setting
 
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine')
@@ -42,57 +43,60 @@ ANCHORS = ('copy', 'ema')
 class AlgorithmConfig:
   """Hyperparameters of every algorithm; each uses the fields it needs.
 
-  The policy's settings are in :class:`~nash_jax.policies.PolicyConfig`, the
-  oracle's in the environment.
-
-  Attributes:
-    beta: KL regularization strength towards ``pi_ref`` (``>= 0``).
-    eta: the algorithm's step (policy-space methods) or prox strength
-      (``proximal_point``, ``nash_mp``); ``None`` takes the algorithm's
-      default.
-    learning_rate: optax step size for parameter-space methods; ``None``
-      takes the default.
-    optimizer: ``'sgd'`` or ``'adam'`` (parameter-space methods); ``None``
-      takes the default (adam for log-linear and MLP policies, else sgd).
-    inner_steps: ``proximal_point``: self-play steps per outer step, ``0``
-      solves the inner game to ``inner_tolerance``; ``approx_nash_mp``:
-      policy-gradient steps per half step. ``None`` takes the default.
-    inner_tolerance: span residual at which the inner game counts as solved.
-    max_inner_steps: cap on inner steps when solving to a tolerance.
-    inner_eta: step of the inner self-play (mirror descent); ``None`` takes
-      the default.
-    mode: ``'exact'`` (expectations over a tabular game) or ``'sampled'``
-      (sampled responses and preference outcomes, any policy class).
-    batch_size: comparisons per sampled step (each one preference query).
-    anchor: ``nash_prox``'s anchor: ``'copy'`` of the policy every
-      ``anchor_every`` steps, or ``'ema'`` with rate ``anchor_tau``.
-    anchor_every: steps between anchor copies (``M``).
-    anchor_tau: EMA rate ``tau`` of the anchor, in ``(0, 1]``.
-    mixture: ``nash_md_pg``'s mixture coefficient ``c`` of ``pi_ref`` in
-      the opponent's logits (0 is self-play).
-    max_grad_norm: clip gradients to this global norm (``None``: no clip).
-    schedule: learning-rate schedule, ``'constant'`` or ``'cosine'`` (decay
-      to 0 over ``decay_steps``).
-    decay_steps: steps of the cosine decay.
+  Each field's help text (its flag's ``--help``) is declared with it. The
+  policy's settings are in :class:`~nash_jax.policies.PolicyConfig`, the
+  oracle's with the environment. ``None`` takes the algorithm's default
+  (:func:`nash_jax.algorithms.resolve_config`).
   """
 
-  beta: float = 0.1
-  eta: float | None = None
-  learning_rate: float | None = None
-  optimizer: str | None = None
-  inner_steps: int | None = None
-  inner_tolerance: float = 1e-8
-  max_inner_steps: int = 100_000
-  inner_eta: float | None = None
-  mode: str = 'exact'
-  batch_size: int = 64
-  anchor: str = 'copy'
-  anchor_every: int = 100
-  anchor_tau: float = 0.01
-  mixture: float = 0.125
-  max_grad_norm: float | None = None
-  schedule: str = 'constant'
-  decay_steps: int | None = None
+  beta: float = setting(0.1, 'KL regularization towards pi_ref, >= 0 (0: '
+                        'the unregularized game, metrics against a von '
+                        'Neumann winner).')
+  eta: float | None = setting(None, 'Step size (policy-space methods) or '
+                              'prox strength (proximal_point, nash_mp, '
+                              'nash_prox, approx_nash_mp); default per '
+                              'algorithm.', float)
+  learning_rate: float | None = setting(
+      None, 'optax learning rate of the parameter-space methods '
+      '(self_play_pg, online_ipo and every sampled algorithm); default per '
+      'algorithm.', float)
+  optimizer: str | None = setting(
+      None, 'optax optimizer of the parameter-space methods: sgd, adam '
+      '(default: adam for loglinear, mlp and transformer policies, else '
+      'sgd).', str)
+  inner_steps: int | None = setting(
+      None, 'proximal_point: inner self-play steps per outer step, 0 (its '
+      'default) solves each inner game to --inner_tolerance; approx_nash_mp:'
+      ' policy-gradient steps per half step (default 10).', int)
+  inner_tolerance: float = setting(1e-8, 'proximal_point: span residual of '
+                                   'a solved inner game.')
+  max_inner_steps: int = setting(100_000, 'proximal_point: cap on inner '
+                                 'steps per outer step.')
+  inner_eta: float | None = setting(None, 'proximal_point: inner '
+                                    'mirror-descent step; default from the '
+                                    'prox game strength.', float)
+  mode: str = setting('exact', 'exact: expectations over the tabular game '
+                      '(1 query = one evaluation of g_pi); sampled: sampled '
+                      'responses and preference outcomes with a '
+                      'parametrized --policy (online_ipo, self_play_pg, '
+                      'nash_prox, approx_nash_mp, nash_md_pg).')
+  batch_size: int = setting(64, 'Sampled mode: comparisons per step, one '
+                            'preference query each.')
+  anchor: str = setting('copy', 'nash_prox: copy (theta_k <- theta every '
+                        '--anchor_every steps) or ema (rate --anchor_tau).')
+  anchor_every: int = setting(100, 'nash_prox: steps between anchor copies,'
+                              ' M.')
+  anchor_tau: float = setting(0.01, 'nash_prox: EMA rate of the anchor, in '
+                              '(0, 1].')
+  mixture: float = setting(0.125, 'nash_md_pg: mixture coefficient c of '
+                           'pi_ref in the opponent (0: self-play).')
+  max_grad_norm: float | None = setting(
+      None, 'Clip gradients to this global norm (parameter-space methods; '
+      'default: no clipping).', float)
+  schedule: str = setting('constant', 'Learning-rate schedule: constant, '
+                          'cosine (to 0 over --decay_steps).')
+  decay_steps: int | None = setting(None, 'Steps of the cosine decay '
+                                    '(default: --num_steps).', int)
 
   def replace(self, **kwargs) -> 'AlgorithmConfig':
     return dataclasses.replace(self, **kwargs)
@@ -130,6 +134,8 @@ class SampledState:
     half: ``approx_nash_mp``'s half-step parameters, or ``None``.
     step: steps taken.
     preference_queries: preference queries used so far.
+    generated_tokens: tokens sampled so far (responses and opponents;
+      ``Policy.num_tokens``), 0 for policies that do not generate tokens.
     key: PRNG key of the next step.
   """
 
@@ -139,6 +145,7 @@ class SampledState:
   half: Any
   step: chex.Array
   preference_queries: chex.Array
+  generated_tokens: chex.Array
   key: chex.Array
 
 

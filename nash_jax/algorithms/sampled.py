@@ -120,7 +120,7 @@ def _make(name: str, config: AlgorithmConfig, policy: Policy,
         params=params, opt_state=optimizer.init(params),
         anchor=params if anchors is not None else None,
         half=params if has_half else None, step=zero,
-        preference_queries=zero, key=key)
+        preference_queries=zero, generated_tokens=zero, key=key)
 
   def step(state: SampledState, env_params):
     key, batch_key = jax.random.split(state.key)
@@ -133,11 +133,16 @@ def _make(name: str, config: AlgorithmConfig, policy: Policy,
     anchor, half = state.anchor, state.half
     if anchors is not None:
       anchor, half = anchors(state, params, state.step + 1)
+    tokens = state.generated_tokens
+    if policy.num_tokens is not None:
+      tokens = tokens + (policy.num_tokens(batch.responses) +
+                         policy.num_tokens(batch.opponents)).astype(
+                             tokens.dtype)
     new = state.replace(
         params=params, opt_state=opt_state, anchor=anchor, half=half,
         step=state.step + 1,
         preference_queries=state.preference_queries + config.batch_size,
-        key=key)
+        generated_tokens=tokens, key=key)
     return new, {'loss': loss}
 
   return Algorithm(name, init, step, policy)

@@ -17,6 +17,7 @@ from nash_jax.policies.core import Policy, enumerable
 from nash_jax.policies.loglinear import make_loglinear
 from nash_jax.policies.mlp import make_mlp
 from nash_jax.policies.tabular import initial_logits, log_table, make_tabular
+from nash_jax.settings import setting
 
 POLICIES = ('tabular', 'loglinear', 'mlp')
 # Policies that read the response features phi (and psi) of a tabular game.
@@ -26,21 +27,19 @@ INITS = ('ref', 'random')
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-  """Settings of the enumerable policy classes.
+  """Settings of the enumerable policy classes (each field's help text is
+  its flag's ``--help``)."""
 
-  Attributes:
-    policy: ``'tabular'``, ``'loglinear'`` or ``'mlp'``.
-    init: initial policy, ``'ref'`` (``pi_ref``) or ``'random'`` (tabular:
-      ``pi ∝ pi_ref exp(init_scale * N(0, 1))``; log-linear: ``theta ~
-      N(0, init_scale^2 / d)``), drawn from the seed.
-    init_scale: standard deviation of the random initial logits.
-    hidden_sizes: hidden widths of the ``mlp`` policy.
-  """
-
-  policy: str = 'tabular'
-  init: str = 'ref'
-  init_scale: float = 1.0
-  hidden_sizes: tuple[int, ...] = (64, 64)
+  policy: str = setting('tabular', 'Policy class (sampled mode): tabular, '
+                        'loglinear (pi ∝ pi_ref exp(theta . phi)), mlp (Flax '
+                        'MLP over context and response features).')
+  init: str = setting('ref', 'Initial policy: ref (pi_ref) or random '
+                      '(tabular: pi_ref times exp of Gaussian logits; '
+                      'loglinear: theta ~ N(0, init_scale^2 / d); per seed).')
+  init_scale: float = setting(1.0, 'Std of the random initial logits with '
+                              '--init=random.')
+  hidden_sizes: tuple[int, ...] = setting((64, 64), 'mlp policy: hidden '
+                                          'layer widths.')
 
   def replace(self, **kwargs) -> 'PolicyConfig':
     return dataclasses.replace(self, **kwargs)
@@ -54,8 +53,9 @@ def validate_policy_config(config: PolicyConfig) -> None:
   if config.init not in INITS:
     raise ConfigError('init', f'unknown initial policy {config.init!r}; '
                       f'expected one of {", ".join(INITS)}')
-  if config.init_scale < 0:
-    raise ConfigError('init_scale', f'must be >= 0, got {config.init_scale}')
+  if not config.init_scale >= 0 or config.init_scale == float('inf'):
+    raise ConfigError('init_scale', f'must be a finite number >= 0, got '
+                      f'{config.init_scale}')
   if config.policy == 'mlp' and (not config.hidden_sizes or
                                  min(config.hidden_sizes) < 1):
     raise ConfigError('hidden_sizes', f'must be positive widths, got '

@@ -18,6 +18,10 @@ comes in ``x``, see :mod:`nash_jax.environments`):
 * ``log_probs(params, x) -> [B, n]``: the whole distribution, for policies
   over ``n`` enumerable responses; ``None`` for sequence policies (their
   environment lists the responses and calls ``log_prob``).
+* ``num_tokens(y) -> int``: the tokens a batch of responses took to
+  generate (sequence policies: every sampled token up to and including
+  EOS), for cost accounting; ``None`` where responses are not generated
+  token by token.
 
 Algorithms call only ``init``, ``sample`` and ``log_prob``, so a tabular
 softmax, a log-linear model, an MLP and a transformer run through one
@@ -47,6 +51,7 @@ class Policy(NamedTuple):
   sample: Callable[..., chex.Array]
   log_prob: Callable[[Any, Any, chex.Array], chex.Array]
   log_probs: Callable[[Any, Any], chex.Array] | None
+  num_tokens: Callable[[chex.Array], chex.Array] | None = None
 
 
 def enumerable(name: str, init: Callable, log_probs: Callable) -> Policy:

@@ -1,0 +1,59 @@
+"""One tabular experiment: settings in, result files out.
+
+The library side of ``experiments/matrix_game.py`` and
+``experiments/compare.py`` (the binaries only parse flags), one module per
+stage, each importing only earlier ones:
+
+* :mod:`~nash_jax.experiment.config`: the composed settings schema
+  (:class:`ExperimentConfig`) and :func:`validate`, which checks every
+  setting (and reads the game file) before any work;
+* :mod:`~nash_jax.experiment.inputs`: the games, their exact references and
+  the algorithm built from its config, policy and environment;
+* :mod:`~nash_jax.experiment.sweep`: grids of hyperparameters;
+* :mod:`~nash_jax.experiment.results`: the documented result files, written
+  atomically (``summary.json`` last);
+* :mod:`~nash_jax.experiment.run`: :func:`run` and :func:`run_sweep`, every
+  seed (and cell) in one compiled call per evaluation chunk.
+"""
+
+from nash_jax.experiment.config import (
+  DTYPES,
+  GAMES,
+  MAX_SEED,
+  SWEEPABLE,
+  ExperimentConfig,
+  GameConfig,
+  RunConfig,
+  check_output_dir,
+  hyperparameters,
+  validate,
+)
+from nash_jax.experiment.inputs import (
+  algorithm_maker,
+  build_games,
+  equilibria,
+  prepare,
+  seed_keys,
+  shares_game,
+)
+from nash_jax.experiment.results import (
+  Results,
+  atomic_write,
+  format_table,
+  manifest,
+  metric_columns,
+  summary,
+  write_csv,
+  write_json,
+  write_npy,
+  write_results,
+  write_sweep_table,
+)
+from nash_jax.experiment.run import run, run_sweep
+from nash_jax.experiment.sweep import (
+  cell_name,
+  parse_sweep,
+  sweep_cells,
+  sweep_checkpoint_config,
+  validate_sweep,
+)

@@ -1,0 +1,432 @@
+"""Settings of a tabular experiment and their validation (the first stage
+of :mod:`nash_jax.experiment`).
+
+The settings are declared once, in groups (DESIGN.md: a composed schema):
+:class:`GameConfig` (the game and its oracle),
+:class:`~nash_jax.algorithms.AlgorithmConfig`,
+:class:`~nash_jax.policies.PolicyConfig` and :class:`RunConfig` (seeds,
+steps, devices, outputs). :class:`ExperimentConfig` is their composition
+with flat field names, which are the binaries' flags
+(``experiments/common.py`` generates the flags from these fields).
+:func:`validate` checks every setting, and reads the game file, before any
+work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import numpy as np
+
+from nash_jax import algorithms as algorithms_lib
+from nash_jax import checkpoint as checkpoint_lib
+from nash_jax import policies as policies_lib
+from nash_jax.algorithms import AlgorithmConfig, ConfigError
+from nash_jax.environments.tabular import ORACLES
+from nash_jax.environments.tokens import (
+  ANNOTATORS,
+  TokenEnvSpec,
+  check_spec,
+  model_vocab_size,
+)
+from nash_jax.games import (
+  FEATURE_GAMES,
+  GENERATORS,
+  REF_POLICIES,
+  Game,
+  load_game,
+)
+from nash_jax.policies import PolicyConfig
+from nash_jax.policies.transformer import (
+  TransformerConfig,
+  validate_transformer_config,
+)
+from nash_jax.settings import compose, group_of, setting
+
+GAMES = tuple(GENERATORS) + FEATURE_GAMES + ('file',)
+DTYPES = ('float64', 'float32')
+
+
+@dataclasses.dataclass(frozen=True)
+class GameConfig:
+  """The tabular game (generated or read from a file) and its oracle."""
+
+  game: str = setting('random', 'Game family: ' + ', '.join(GAMES) + '.')
+  game_file: str | None = setting(
+      None, 'With --game=file: a .npy of preferences ([n, n] or [X, n, n]) '
+      'or an .npz with "preferences" and optional "ref_policy", '
+      '"context_weights", "features", "context_features".', str)
+  game_seed: int | None = setting(
+      None, 'Draw one game from this seed for all seeds (default: each seed '
+      'draws its own game).', int)
+  num_actions: int = setting(20, 'Responses per context, n.')
+  num_contexts: int = setting(1, 'Contexts, X.')
+  ref_policy: str = setting('uniform', 'Reference policy of generated '
+                            'games: ' + ', '.join(REF_POLICIES) +
+                            ' (Dirichlet(1)).')
+  feature_dim: int = setting(16, "Dimension d of the generated games' "
+                             'response and context features (used by '
+                             'loglinear and mlp policies; the annotators '
+                             'game draws preferences from them).')
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+  """How preference queries are answered."""
+
+  oracle: str = setting('bernoulli', "Sampled mode: bernoulli (o ~ "
+                        "Bernoulli(P(y > y'))) or probability (o = P(y > "
+                        "y')).")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Seeds, steps, devices, precision and outputs of a run."""
+
+  algorithm: str = setting('nash_mp', 'The algorithm.', flag=False)
+  num_steps: int = setting(1000, 'Steps (outer steps for proximal_point) '
+                           'per seed.')
+  eval_every: int = setting(10, 'Steps between evaluations.')
+  num_seeds: int = setting(1, 'Seeds run in one vmapped call: --seed, '
+                           '--seed+1, ...')
+  seed: int = setting(0, 'First seed.')
+  seed_block: int = setting(1, 'Seeds vmapped together (blocks are mapped '
+                            'over in one compiled call); seed i is '
+                            'bit-identical across --num_seeds for a fixed '
+                            'block. Use a large block (e.g. 256) on GPU/TPU.')
+  num_devices: int | None = setting(None, 'Devices the seed axis is sharded '
+                                    'over (default: all, on every host).',
+                                    int)
+  dtype: str = setting('float64', 'Floating point type: ' +
+                       ', '.join(DTYPES) + '.')
+  output_dir: str = setting('results/matrix_game', 'Where results are '
+                            'written.')
+  checkpoint_every: int = setting(1000, 'Steps between checkpoints in '
+                                  'OUTPUT_DIR/checkpoints (0: none). '
+                                  'Rerunning the same command resumes.')
+  keep_checkpoints: int = setting(3, 'Checkpoints kept (the newest).')
+  overwrite: bool = setting(False, 'Delete checkpoints of a run with other '
+                            'settings (or any checkpoints) and start over.')
+  tensorboard: bool = setting(False, 'Also write TensorBoard event files, '
+                              'one run per seed, in '
+                              'OUTPUT_DIR/tensorboard/seed_<s> (needs '
+                              'tensorboardX).')
+
+
+ExperimentConfig = compose(
+    'ExperimentConfig', (GameConfig, OracleConfig, AlgorithmConfig,
+                         PolicyConfig, RunConfig),
+    """Every setting of a tabular run: the flat composition of
+    :class:`GameConfig`, :class:`OracleConfig`,
+    :class:`~nash_jax.algorithms.AlgorithmConfig`,
+    :class:`~nash_jax.policies.PolicyConfig` and :class:`RunConfig`; field
+    names are the binaries' flags.""",
+    {'algorithm_config': lambda self: group_of(self, AlgorithmConfig),
+     'policy_config': lambda self: group_of(self, PolicyConfig).replace(
+         hidden_sizes=tuple(self.hidden_sizes)),
+     'game_config': lambda self: group_of(self, GameConfig),
+     '__module__': __name__})
+
+
+MAX_SEED = 2 ** 31 - 1
+
+
+def check_output_dir(path: str, flag: str = 'output_dir') -> None:
+  """Refuses an output directory that could not be created or written."""
+  if not path:
+    raise ConfigError(flag, 'must not be empty')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(flag, f'{path} exists and is not a directory')
+  ancestor = os.path.abspath(path)
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise ConfigError(flag, f'{path} cannot be created: {ancestor} is not a '
+                      'directory')
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ConfigError(flag, f'{path} cannot be written: no permission in '
+                      f'{ancestor}')
+
+
+def _positive_int(config, flag, minimum):
+  value = getattr(config, flag)
+  if value < minimum:
+    raise ConfigError(flag, f'must be >= {minimum}, got {value}')
+
+
+def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
+  """Checks every setting; returns the resolved config and the file's game.
+
+  Raises:
+    ConfigError: a flag that cannot be used, naming it.
+    GameFileError: a game file that cannot be used, naming it.
+  """
+  if config.algorithm not in algorithms_lib.ALL_ALGORITHM_NAMES:
+    raise ConfigError('algorithm', f'unknown algorithm {config.algorithm!r}; '
+                      'expected one of '
+                      f'{", ".join(algorithms_lib.ALL_ALGORITHM_NAMES)}')
+  if config.game not in GAMES:
+    raise ConfigError('game', f'unknown game {config.game!r}; expected one of '
+                      f'{", ".join(GAMES)}')
+  if config.dtype not in DTYPES:
+    raise ConfigError('dtype', f'must be one of {", ".join(DTYPES)}, got '
+                      f'{config.dtype!r}')
+  if config.ref_policy not in REF_POLICIES:
+    raise ConfigError('ref_policy', f'must be one of {", ".join(REF_POLICIES)}'
+                      f', got {config.ref_policy!r}')
+  for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
+                        ('num_contexts', 1), ('num_actions', 2),
+                        ('seed_block', 1), ('checkpoint_every', 0),
+                        ('keep_checkpoints', 1), ('feature_dim', 0)):
+    _positive_int(config, flag, minimum)
+  if config.game in FEATURE_GAMES and config.feature_dim < 1:
+    raise ConfigError('feature_dim', f'--game={config.game} draws preferences '
+                      f'from the features, so needs >= 1, got '
+                      f'{config.feature_dim}')
+  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
+    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
+                      f'{config.seed}')
+  if config.game_seed is not None and not 0 <= config.game_seed <= MAX_SEED:
+    raise ConfigError('game_seed', f'must be in [0, 2^31 - 1], got '
+                      f'{config.game_seed}')
+  check_output_dir(config.output_dir)
+  if config.tensorboard:
+    try:
+      import tensorboardX  # noqa: F401
+    except ImportError:
+      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
+                        'install "nash_jax[tensorboard]"') from None
+  if config.num_devices is not None and not (
+      1 <= config.num_devices <= jax.device_count()):
+    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
+                      f'(the devices JAX sees), got {config.num_devices}')
+  file_game = None
+  if config.game == 'file':
+    if not config.game_file:
+      raise ConfigError('game_file', 'is required with --game=file')
+    file_game = load_game(config.game_file, dtype=np.float64)
+    config = config.replace(num_contexts=file_game.num_contexts,
+                            num_actions=file_game.num_actions)
+  elif config.game_file:
+    raise ConfigError('game_file', f'is only used with --game=file (got '
+                      f'--game={config.game})')
+  if config.policy in policies_lib.FEATURE_POLICIES:
+    if file_game is not None and file_game.features is None:
+      raise ConfigError('policy', f'{config.policy} policies read response '
+                        f'features, and {config.game_file} has none (add '
+                        '"features" [X, n, d] to the .npz)')
+    if file_game is None and config.feature_dim < 1:
+      raise ConfigError('policy', f'{config.policy} policies read response '
+                        'features; give --feature_dim >= 1')
+  if config.schedule == 'cosine' and config.decay_steps is None:
+    config = config.replace(decay_steps=config.num_steps)
+  feature_dim = (file_game.feature_dim if file_game is not None else
+                 config.feature_dim)
+  policies_lib.validate_policy_config(config.policy_config())
+  if config.oracle not in ORACLES:
+    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
+                      f'one of {", ".join(ORACLES)}')
+  alg_config = algorithms_lib.resolve_config(
+      config.algorithm, config.algorithm_config(), config.num_contexts,
+      feature_dim, config.policy)
+  algorithms_lib.validate_config(config.algorithm, alg_config, config.policy)
+  config = config.replace(**{
+      k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
+                                          'inner_steps', 'optimizer')})
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
+        config)).check(config.overwrite)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError('overwrite', str(e)) from None
+  return config, file_game
+
+
+# Numeric hyperparameters passed to the compiled step as runtime values, so
+# that a sweep over them is one compiled call (and a single run is the same
+# program as the matching cell of a sweep).
+SWEEPABLE = ('beta', 'eta', 'learning_rate', 'inner_eta', 'anchor_tau',
+             'mixture')
+
+
+def hyperparameters(config: ExperimentConfig) -> dict:
+  """The run's values of :data:`SWEEPABLE` (those that are set)."""
+  return {k: getattr(config, k) for k in SWEEPABLE
+          if getattr(config, k) is not None}
+
+
+# --------------------------------------------------------------------------
+# Language-model experiments (experiments/lm.py): a token game whose
+# responses can all be listed, and a transformer policy.
+
+_SPEC = TokenEnvSpec()
+_MODEL = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenGameConfig:
+  """The listable token game (:mod:`nash_jax.environments.tokens`)."""
+
+  vocab_size: int = setting(_SPEC.vocab_size, 'Content tokens V of the '
+                            'token game (the model vocabulary adds PAD, BOS '
+                            'and EOS).')
+  max_length: int = setting(_SPEC.max_length, 'Maximum response length L; '
+                            'every response of at most L tokens is listed '
+                            '(sum_{k<=L} V^k of them) for the exact metrics.')
+  num_prompts: int = setting(_SPEC.num_prompts, 'Prompts X.')
+  prompt_length: int = setting(_SPEC.prompt_length, 'Tokens per prompt: BOS,'
+                               ' the topic token, then seeded fillers.')
+  prompt_seed: int = setting(_SPEC.seed, 'Seed of the prompts\' filler '
+                             'tokens.')
+  sharpness: tuple[float, ...] = setting(
+      _SPEC.sharpness, 'Bradley-Terry sharpness tau_k of the annotators '
+      + ', '.join(ANNOTATORS) + ' (comma-separated).', item=float)
+  annotator_weights: tuple[float, ...] = setting(
+      _SPEC.annotator_weights, 'Weights w_k of the annotators in the '
+      'population preference (normalized to sum 1).', item=float)
+  max_responses: int = setting(_SPEC.max_responses, 'Refuse token games '
+                               'with more listed responses than this.')
+
+  def spec(self) -> TokenEnvSpec:
+    return TokenEnvSpec(
+        vocab_size=self.vocab_size, max_length=self.max_length,
+        num_prompts=self.num_prompts, prompt_length=self.prompt_length,
+        seed=self.prompt_seed, sharpness=tuple(self.sharpness),
+        annotator_weights=tuple(self.annotator_weights),
+        max_responses=self.max_responses)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The transformer policy (:mod:`nash_jax.policies.transformer`); its
+  reference pi_ref is the initial model, drawn from ``model_seed`` and
+  shared by every seed."""
+
+  d_model: int = setting(64, 'Transformer width D.')
+  num_layers: int = setting(_MODEL['num_layers'], 'Transformer blocks.')
+  num_heads: int = setting(_MODEL['num_heads'], 'Query heads.')
+  num_kv_heads: int = setting(_MODEL['num_kv_heads'], 'Key-value heads '
+                              '(grouped-query attention; divides '
+                              '--num_heads).')
+  mlp_dim: int = setting(128, 'SwiGLU hidden width.')
+  rope_theta: float = setting(_MODEL['rope_theta'], 'RoPE base theta.')
+  tie_embeddings: bool = setting(_MODEL['tie_embeddings'], 'Tie the output '
+                                 'head to the input embedding.')
+  model_seed: int = setting(0, 'Seed of the reference model\'s random '
+                            'initialization (the policy starts there).')
+  temperature: float = setting(1.0, 'Sampling temperature T; the policy is '
+                               'softmax(logits / T) in sampling and in '
+                               'log-probabilities alike (> 0).')
+
+  def transformer_config(self, vocab_size: int,
+                         dtype: str) -> TransformerConfig:
+    return TransformerConfig(
+        vocab_size=vocab_size, d_model=self.d_model,
+        num_layers=self.num_layers, num_heads=self.num_heads,
+        num_kv_heads=self.num_kv_heads, mlp_dim=self.mlp_dim,
+        rope_theta=float(self.rope_theta),
+        tie_embeddings=self.tie_embeddings, param_dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleLogConfig:
+  """What each evaluation records besides the metrics."""
+
+  num_samples: int = setting(2, 'Responses per prompt generated (and '
+                             'decoded into samples.jsonl) at every '
+                             'evaluation, per seed.')
+
+
+LM_DTYPES = ('float32', 'float64')
+# Settings of the exact mode that a language model does not have.
+_EXACT_ONLY = ('mode', 'inner_tolerance', 'max_inner_steps', 'inner_eta')
+
+LMConfig = compose(
+    'LMConfig', (TokenGameConfig, OracleConfig,
+                 (AlgorithmConfig, _EXACT_ONLY), ModelConfig,
+                 SampleLogConfig, RunConfig),
+    """Every setting of a language-model run (``experiments.lm``): the flat
+    composition of :class:`TokenGameConfig`, :class:`OracleConfig`,
+    :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled mode),
+    :class:`ModelConfig`, :class:`SampleLogConfig` and :class:`RunConfig`.""",
+    {'algorithm_config': lambda self: group_of(self, AlgorithmConfig),
+     'spec': lambda self: group_of(self, TokenGameConfig).spec(),
+     'transformer_config': lambda self: group_of(
+         self, ModelConfig).transformer_config(
+             model_vocab_size(self.vocab_size), self.dtype),
+     '__module__': __name__},
+    defaults={'mode': 'sampled', 'algorithm': 'nash_prox', 'num_steps': 2000,
+              'eval_every': 100, 'dtype': 'float32', 'num_seeds': 1,
+              'output_dir': 'results/lm', 'checkpoint_every': 500})
+
+# The hyperparameters a language-model run passes as runtime values.
+LM_SWEEPABLE = ('beta', 'eta', 'learning_rate', 'anchor_tau', 'mixture',
+                'temperature')
+
+
+def lm_hyperparameters(config) -> dict:
+  """The run's values of :data:`LM_SWEEPABLE` (those that are set)."""
+  return {k: getattr(config, k) for k in LM_SWEEPABLE
+          if getattr(config, k) is not None}
+
+
+def validate_lm(config):
+  """Checks every setting of a language-model run before any work; returns
+  the resolved config (the algorithm's defaults filled in).
+
+  Raises:
+    ConfigError: naming the flag.
+  """
+  names = algorithms_lib.SAMPLED_ALGORITHM_NAMES
+  if config.algorithm not in names:
+    raise ConfigError('algorithm', f'{config.algorithm!r} does not run on a '
+                      f'language model; expected one of {", ".join(names)}')
+  if config.dtype not in LM_DTYPES:
+    raise ConfigError('dtype', f'must be one of {", ".join(LM_DTYPES)}, got '
+                      f'{config.dtype!r}')
+  if config.dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ConfigError('dtype', 'float64 needs jax_enable_x64')
+  for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
+                        ('seed_block', 1), ('checkpoint_every', 0),
+                        ('keep_checkpoints', 1), ('num_samples', 0),
+                        ('model_seed', 0)):
+    _positive_int(config, flag, minimum)
+  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
+    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
+                      f'{config.seed}')
+  if not (math.isfinite(config.temperature) and config.temperature > 0):
+    raise ConfigError('temperature', f'must be a finite number > 0, got '
+                      f'{config.temperature}')
+  if config.oracle not in ORACLES:
+    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
+                      f'one of {", ".join(ORACLES)}')
+  check_spec(config.spec())
+  validate_transformer_config(config.transformer_config())
+  check_output_dir(config.output_dir)
+  if config.tensorboard:
+    try:
+      import tensorboardX  # noqa: F401
+    except ImportError:
+      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
+                        'install "nash_jax[tensorboard]"') from None
+  if config.num_devices is not None and not (
+      1 <= config.num_devices <= jax.device_count()):
+    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
+                      f'(the devices JAX sees), got {config.num_devices}')
+  if config.schedule == 'cosine' and config.decay_steps is None:
+    config = config.replace(decay_steps=config.num_steps)
+  alg_config = algorithms_lib.resolve_config(
+      config.algorithm, config.algorithm_config(), config.num_prompts, 1,
+      'transformer')
+  algorithms_lib.validate_config(config.algorithm, alg_config, 'transformer')
+  config = config.replace(**{
+      k: getattr(alg_config, k) for k in ('eta', 'learning_rate',
+                                          'inner_steps', 'optimizer')})
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
+        config)).check(config.overwrite)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError('overwrite', str(e)) from None
+  return config

@@ -1,0 +1,273 @@
+"""Result files (fourth stage of :mod:`nash_jax.experiment`): the
+documented layout of a run directory, written atomically by one helper
+(:func:`atomic_write`) and CSV files by one writer (:func:`write_csv`).
+
+``config.json``, ``metrics.csv`` (long format: seed, step,
+preference_queries, metric columns), ``final_policy.npy``,
+``equilibrium.npy``, ``manifest.json`` and ``summary.json`` (last: a
+directory without it is not a finished result); ``sweep.csv`` for sweeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+
+from nash_jax import metrics as metrics_lib
+from nash_jax.experiment.config import ExperimentConfig
+from nash_jax.experiment.sweep import cell_name
+
+
+@dataclasses.dataclass
+class Results:
+  config: ExperimentConfig
+  rows: list          # evaluation rows, dicts of [S] arrays
+  final_policy: np.ndarray   # [S, X, n]
+  equilibrium: np.ndarray    # [S, X, n]
+  wall_time: float
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+  """``write(tmp)`` to a temporary name beside ``path``, then rename: a
+  reader never sees a half-written file."""
+  tmp = path + '.tmp'
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def write_csv(path: str, header: list, rows: Iterable[list]) -> None:
+  """One CSV file (header, then rows), written atomically."""
+  def write(tmp):
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(header)
+      writer.writerows(rows)
+  atomic_write(path, write)
+
+
+def write_json(path: str, obj) -> None:
+  """Standard JSON (NaN and infinities as ``null``), written atomically."""
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
+      f.write('\n')
+  atomic_write(path, write)
+
+
+def write_npy(path: str, array) -> None:
+  """A ``.npy`` file, written atomically."""
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.save(f, array)
+  atomic_write(path, write)
+
+
+def metric_columns(rows) -> list[str]:
+  """Column order of ``metrics.csv`` after ``seed``."""
+  first = ['step', 'preference_queries'] + list(metrics_lib.METRICS)
+  return first + sorted(k for k in rows[0] if k not in first)
+
+
+def _csv_records(rows, config: ExperimentConfig, columns):
+  """``metrics.csv`` records of evaluation rows, one per seed and row."""
+  for row in rows:
+    for i in range(config.num_seeds):
+      values = [np.asarray(row[c][i]).item() for c in columns]
+      yield [config.seed + i] + [repr(v) if isinstance(v, float) else v
+                                 for v in values]
+
+
+class MetricsStream:
+  """Grows ``metrics.csv`` by one evaluation at a time during a run.
+
+  On a resume the file is rewritten from the checkpoint's rows, so rows of
+  the killed run after its last checkpoint are dropped, not duplicated. An
+  older ``summary.json`` is removed first: a directory without it is not a
+  finished result.
+  """
+
+  def __init__(self, config: ExperimentConfig):
+    self.config = config
+    self.path = os.path.join(config.output_dir, 'metrics.csv')
+    self.file = None
+    self.columns = None
+
+  def start(self, rows):
+    os.makedirs(self.config.output_dir, exist_ok=True)
+    stale = os.path.join(self.config.output_dir, 'summary.json')
+    if os.path.exists(stale):
+      os.remove(stale)
+    self.file = open(self.path, 'w', newline='')
+    self.writer = csv.writer(self.file)
+    for row in rows:
+      self.append(row)
+
+  def append(self, row):
+    if self.file is None:
+      return
+    if self.columns is None:
+      self.columns = metric_columns([row])
+      self.writer.writerow(['seed'] + self.columns)
+    self.writer.writerows(_csv_records([row], self.config, self.columns))
+    self.file.flush()
+
+  def close(self):
+    if self.file is not None:
+      self.file.close()
+      self.file = None
+
+
+class TensorBoard:
+  """One TensorBoard run per seed, ``output_dir/tensorboard/seed_<s>``, so
+  that seeds are separate curves; every metric column is a scalar against
+  the step."""
+
+  def __init__(self, config: ExperimentConfig):
+    from tensorboardX import SummaryWriter
+    root = os.path.join(config.output_dir, 'tensorboard')
+    self.seeds = range(config.seed, config.seed + config.num_seeds)
+    self.writers = [SummaryWriter(os.path.join(root, f'seed_{s}'))
+                    for s in self.seeds]
+
+  def add(self, row):
+    step = int(row['step'][0])
+    for name in metric_columns([row])[1:]:
+      for i, writer in enumerate(self.writers):
+        writer.add_scalar(name, float(row[name][i]), step)
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
+
+
+def summary(results: Results) -> dict:
+  """Final metrics per seed and their mean over seeds."""
+  last = results.rows[-1]
+  columns = metric_columns(results.rows)
+  seeds = range(results.config.seed,
+                results.config.seed + results.config.num_seeds)
+  per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns}}
+              for i, s in enumerate(seeds)]
+  mean = {c: float(np.mean(last[c])) for c in columns}
+  return {'algorithm': results.config.algorithm, 'final': per_seed,
+          'mean': mean, 'wall_time_s': results.wall_time}
+
+
+def json_safe(obj):
+  """NaN and infinities become ``null`` so that the JSON is standard."""
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  return obj
+
+
+def write_results(results: Results, output_dir: str | None = None) -> None:
+  """Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy,
+  manifest.json and summary.json (last) into ``output_dir``; only process 0
+  writes."""
+  if jax.process_index() != 0:
+    return
+  output_dir = output_dir or results.config.output_dir
+  os.makedirs(output_dir, exist_ok=True)
+  join = lambda name: os.path.join(output_dir, name)
+  # An older summary.json would mark half-rewritten files as a result.
+  if os.path.exists(join('summary.json')):
+    os.remove(join('summary.json'))
+  write_json(join('config.json'), dataclasses.asdict(results.config))
+  columns = metric_columns(results.rows)
+  write_csv(join('metrics.csv'), ['seed'] + columns,
+            _csv_records(results.rows, results.config, columns))
+  write_npy(join('final_policy.npy'), results.final_policy)
+  write_npy(join('equilibrium.npy'), results.equilibrium)
+  write_json(join('manifest.json'), manifest(results))
+  write_json(join('summary.json'), summary(results))
+
+
+def write_sweep_table(cells, results: list[Results], output_dir: str) -> str:
+  """Writes ``output_dir/sweep.csv``: one row per cell with its swept
+  values, the mean over seeds of each final metric and the median final
+  ``kl_to_equilibrium``; returns the path."""
+  path = os.path.join(output_dir, 'sweep.csv')
+  if jax.process_index() != 0:
+    return path
+  records = []
+  for (values, _), res in zip(cells, results):
+    s = summary(res)
+    kl = [r['kl_to_equilibrium'] for r in s['final']]
+    records.append({'cell': cell_name(values), **values,
+                    'num_seeds': res.config.num_seeds, **s['mean'],
+                    'median_kl_to_equilibrium': float(np.median(kl))})
+  os.makedirs(output_dir, exist_ok=True)
+  header = list(records[0])
+  write_csv(path, header, [[r[k] for k in header] for r in records])
+  return path
+
+
+def _git_commit() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, timeout=10,
+                         capture_output=True, text=True)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def manifest(results: Results) -> dict:
+  """Where and with what a run ran: code version, library versions, devices,
+  wall time and peak memory."""
+  from importlib import metadata
+  versions = {}
+  for name in ('jax', 'jaxlib', 'flax', 'optax', 'chex', 'orbax-checkpoint',
+               'numpy', 'scipy'):
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  device_peak = None
+  stats = devices[0].memory_stats() if hasattr(devices[0], 'memory_stats') \
+      else None
+  if stats and 'peak_bytes_in_use' in stats:
+    device_peak = int(stats['peak_bytes_in_use'])
+  return {
+      'git_commit': _git_commit(),
+      'versions': versions,
+      'python': sys.version.split()[0],
+      'device_kind': devices[0].device_kind,
+      'platform': devices[0].platform,
+      'device_count': len(devices),
+      'process_count': jax.process_count(),
+      'wall_time_s': results.wall_time,
+      'peak_host_rss_bytes': resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss * 1024,
+      'peak_device_bytes': device_peak,
+  }
+
+
+def format_table(results: Results) -> str:
+  """The final table printed by the binary: one line per seed, then the mean."""
+  s = summary(results)
+  cols = ['preference_queries'] + list(metrics_lib.METRICS)
+  header = f'{"seed":>6} ' + ' '.join(f'{c:>20}' for c in cols)
+  lines = [header]
+  for row in s['final'] + [{'seed': 'mean', **s['mean']}]:
+    cells = []
+    for c in cols:
+      v = row[c]
+      cells.append(f'{v:>20.0f}' if c == 'preference_queries' else
+                   f'{v:>20.4e}')
+    lines.append(f'{row["seed"]!s:>6} ' + ' '.join(cells))
+  return '\n'.join(lines)

@@ -1,0 +1,215 @@
+"""Running a tabular experiment (last stage of :mod:`nash_jax.experiment`):
+games and references in, every seed (and every cell of a sweep) trained in
+one compiled call per evaluation chunk, with progress lines, streamed
+metrics, checkpoints and bit-exact resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nash_jax import checkpoint as checkpoint_lib
+from nash_jax import evaluation
+from nash_jax import train as train_lib
+from nash_jax.experiment.config import ExperimentConfig, hyperparameters
+from nash_jax.experiment.inputs import (
+  algorithm_maker,
+  build_games,
+  equilibria,
+  seed_keys,
+  shares_game,
+)
+from nash_jax.experiment.results import MetricsStream, Results, TensorBoard
+from nash_jax.experiment.sweep import sweep_checkpoint_config
+from nash_jax.games import Game
+
+
+@functools.lru_cache(maxsize=64)
+def _final_log_policy(make, shared: bool):
+  """Jitted ``log pi`` of every run's final state (compiled once per
+  algorithm structure, not once per run)."""
+  return jax.jit(jax.vmap(lambda h, state, game: evaluation.log_policy(
+      evaluation.TABULAR, make(h), state, game),
+      in_axes=(0, 0, None if shared else 0)))
+
+
+def run(config: ExperimentConfig, file_game: Game | None = None,
+        log: Callable[[str], None] = print,
+        query_budget: int | None = None, prepared=None) -> Results:
+  """Runs a validated, resolved config; see the module docstring.
+
+  Args:
+    config: a config returned by :func:`validate`.
+    file_game: the game read by :func:`validate` for ``--game=file``.
+    log: where progress lines go.
+    query_budget: if set, stop at the first evaluation where every seed has
+      used at least this many preference queries (``num_steps`` stays the
+      cap).
+    prepared: ``(games, equilibrium)`` from :func:`prepare`, to share the
+      games and their exact solutions between several algorithms.
+  """
+  return run_sweep([config], config.output_dir, file_game, log, query_budget,
+                   prepared)[0]
+
+
+def _tile(tree, times: int):
+  """Repeats the leading (seed) axis: ``[S, ...] -> [times * S, ...]``."""
+  return jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * times),
+                      tree)
+
+
+def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
+                   env_params, eval_data, hyper: dict, *, shared: bool,
+                   output_dir: str, checkpoint_config: dict,
+                   checkpoint_every: int, stream: bool,
+                   log: Callable[[str], None], start: float,
+                   query_budget: int | None = None):
+  """:func:`nash_jax.train.train` with what a run records on the way, for
+  any environment: a progress line per evaluation (``log``), ``metrics.csv``
+  streamed (``stream``: a single run), TensorBoard (``config.tensorboard``)
+  and orbax checkpoints of the whole batch every ``checkpoint_every`` steps
+  in ``output_dir/checkpoints`` (checked against ``checkpoint_config``;
+  resumed from when present, bit-exactly). ``config`` gives the run's
+  settings (:class:`~nash_jax.experiment.config.RunConfig` fields and
+  ``algorithm``). Returns the trainer's ``(state, rows)``."""
+  writer = (MetricsStream(config)
+            if jax.process_index() == 0 and stream else None)
+  checkpointer = None
+  resume = None
+  if checkpoint_every > 0:
+    checkpointer = checkpoint_lib.Checkpointer(
+        output_dir, checkpoint_config, config.keep_checkpoints)
+    template = jax.eval_shape(
+        jax.vmap(lambda h, k, e: make(h).init(k, e),
+                 in_axes=(0, 0, None if shared else 0)),
+        hyper, run_keys, env_params)
+    resume = checkpointer.restore(template)
+    if resume is not None:
+      log(f'[{config.algorithm}] resuming from step {resume[2]} '
+          f'({checkpointer.path})')
+  first_step = 0 if resume is None else resume[2]
+  clock = {'t': time.time(), 'step': first_step}
+
+  boards = TensorBoard(config) if (
+      config.tensorboard and jax.process_index() == 0 and stream) else None
+
+  def on_eval(row):
+    step = int(row['step'][0])
+    if boards:
+      boards.add(row)
+    now = time.time()
+    rate = (step - clock['step']) / max(now - clock['t'], 1e-9)
+    left = (config.num_steps - step) / rate if rate > 0 else float('nan')
+    log(f'[{config.algorithm}] step {step:>7d}/{config.num_steps}  '
+        f'queries {int(np.mean(row["preference_queries"])):>9d}  '
+        f'kl_to_equilibrium {np.mean(row["kl_to_equilibrium"]):.3e}  '
+        f'duality_gap {np.mean(row["duality_gap"]):.3e}  '
+        f'exploitability {np.mean(row["exploitability"]):.3e}  '
+        f'{rate:8.0f} steps/s  ~{left:.0f}s left  ({now - start:.1f}s)')
+    if writer:
+      writer.append(row)
+
+  saved = {'done': first_step}
+
+  def on_chunk(get_state, rows, done):
+    period = checkpoint_every
+    if checkpointer and done // period > saved['done'] // period:
+      checkpointer.save(done, get_state(), rows)
+      saved['done'] = done
+
+  if writer:
+    writer.start(resume[1] if resume else [])
+  state, rows = train_lib.train(
+      make, evaluate, run_keys, env_params, eval_data,
+      hyper=hyper, num_steps=config.num_steps, eval_every=config.eval_every,
+      shared=shared, first_seed=config.seed,
+      seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
+      mesh=train_lib.seed_mesh(config.num_devices),
+      resume=resume,
+      until=None if query_budget is None else
+      lambda row: np.min(row['preference_queries']) >= query_budget)
+  if writer:
+    writer.close()
+  if boards:
+    boards.close()
+  if checkpointer:
+    # The end of a run is always saved, so that rerunning it is instant.
+    done = int(rows[-1]['step'][0])
+    if done != saved['done']:
+      checkpointer.save(done, state, rows)
+    checkpointer.close()
+  return state, rows
+
+
+def run_sweep(configs: list[ExperimentConfig], output_dir: str,
+              file_game: Game | None = None,
+              log: Callable[[str], None] = print,
+              query_budget: int | None = None,
+              prepared=None, checkpoint_every: int | None = None
+              ) -> list[Results]:
+  """Runs several validated configs that differ only in :data:`SWEEPABLE`
+  values (the cells of a sweep), every cell and seed in one compiled call.
+
+  Each cell's seeds play the same games as a single run would; a cell's
+  result equals the single run of its config bit for bit with the default
+  ``seed_block = 1``. Checkpoints of the whole sweep go to
+  ``output_dir/checkpoints`` every ``checkpoint_every`` steps (default: the
+  first config's); ``metrics.csv`` is streamed only for a single config.
+  Returns one :class:`Results` per config.
+  """
+  start = time.time()
+  if jax.process_index() != 0:
+    log = lambda line: None
+  config = configs[0]
+  num_cells, num_seeds = len(configs), config.num_seeds
+  shared = shares_game(config) and num_cells == 1
+  games = prepared[0] if prepared else build_games(config, file_game)
+  solved = {}
+  for c in configs:
+    if c.beta not in solved:
+      solved[c.beta] = (prepared[1] if prepared and c is config else
+                        equilibria(c, games, shares_game(config)))
+  if shares_game(config) and not shared:
+    games = jax.tree.map(lambda x: np.broadcast_to(
+        np.asarray(x), (num_seeds,) + x.shape), games)
+    solved = {b: np.broadcast_to(e, (num_seeds,) + e.shape)
+              for b, e in solved.items()}
+  dtype = jnp.dtype(config.dtype)
+  equilibrium = np.concatenate([solved[c.beta] for c in configs]) \
+      if not shared else solved[config.beta]
+  with np.errstate(divide='ignore'):
+    log_eq = jnp.asarray(np.log(equilibrium), dtype)
+  if not shared:
+    games = _tile(games, num_cells)
+  make = algorithm_maker(config)
+  hyper = {k: np.repeat(np.asarray([hyperparameters(c)[k] for c in configs],
+                                   dtype), num_seeds)
+           for k in hyperparameters(config)}
+  _, run_keys = seed_keys(config)
+  run_keys = _tile(run_keys, num_cells)
+  if checkpoint_every is None:
+    checkpoint_every = config.checkpoint_every
+  state, rows = train_recorded(
+      config, make, evaluation.exact_evaluator(make), run_keys, games, log_eq,
+      hyper, shared=shared, output_dir=output_dir,
+      checkpoint_config=sweep_checkpoint_config(configs),
+      checkpoint_every=checkpoint_every, stream=num_cells == 1, log=log,
+      start=start, query_budget=query_budget)
+  final_policy = np.exp(np.asarray(
+      _final_log_policy(make, shared)(hyper, state, games), np.float64))
+  if shared:
+    equilibrium = np.broadcast_to(equilibrium, (num_seeds,) + equilibrium.shape)
+  wall = time.time() - start
+  results = []
+  for i, c in enumerate(configs):
+    cut = slice(i * num_seeds, (i + 1) * num_seeds)
+    results.append(Results(
+        c, [{k: v[cut] for k, v in row.items()} for row in rows],
+        final_policy[cut], np.asarray(equilibrium[cut]), wall))
+  return results

@@ -1,0 +1,99 @@
+"""Sweeps (third stage of :mod:`nash_jax.experiment`): a grid of
+hyperparameter values, its cells, their validation and what their
+checkpoints are checked against. A sweep runs every cell and seed in one
+compiled call (:func:`nash_jax.experiment.run.run_sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from nash_jax import checkpoint as checkpoint_lib
+from nash_jax.algorithms import ConfigError
+from nash_jax.experiment.config import SWEEPABLE, ExperimentConfig, validate
+from nash_jax.experiment.inputs import algorithm_maker
+
+
+def parse_sweep(specs: list[str]) -> dict[str, list[float]]:
+  """``['beta=0.1,0.01', 'learning_rate=0.1,1']`` -> ``{name: values}``.
+
+  Raises:
+    ConfigError: naming ``--sweep`` for a malformed entry, a name outside
+      :data:`SWEEPABLE`, a repeated name or a value that is not a number.
+  """
+  grid = {}
+  for spec in specs:
+    name, sep, values = spec.partition('=')
+    name = name.strip()
+    if not sep or not values.strip():
+      raise ConfigError('sweep', f'expected NAME=V1,V2,..., got {spec!r}')
+    if name not in SWEEPABLE:
+      raise ConfigError('sweep', f'cannot sweep {name!r}; sweepable: '
+                        f'{", ".join(SWEEPABLE)}')
+    if name in grid:
+      raise ConfigError('sweep', f'{name} is swept twice')
+    try:
+      grid[name] = [float(v) for v in values.split(',')]
+    except ValueError:
+      raise ConfigError('sweep', f'{name} values must be numbers, got '
+                        f'{values!r}') from None
+  return grid
+
+
+def cell_name(values: dict) -> str:
+  """A sweep cell's directory name, e.g. ``beta=0.1_learning_rate=0.01``."""
+  return '_'.join(f'{k}={v:g}' for k, v in values.items())
+
+
+def sweep_cells(config: ExperimentConfig, grid: dict[str, list[float]]):
+  """The cells of a grid (Cartesian product, in the order given):
+  ``[(values, config)]`` with each cell's output in
+  ``config.output_dir/<cell_name>``; configs not yet validated."""
+  cells = [{}]
+  for name, values in grid.items():
+    cells = [dict(cell, **{name: v}) for cell in cells for v in values]
+  return [(cell, config.replace(output_dir=os.path.join(
+      config.output_dir, cell_name(cell)), checkpoint_every=0, **cell))
+          for cell in cells]
+
+
+def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
+  """Validates every cell of a sweep; returns ``(cells, file_game)`` with
+  ``cells = [(values, resolved config)]``.
+
+  Each cell is resolved on its own values (an unswept default such as the
+  learning rate follows a swept ``beta``), and every cell must keep the
+  same structure (the sweep is one compiled program).
+  """
+  file_game = None
+  cells = []
+  for values, cell in sweep_cells(config, grid):
+    try:
+      resolved, file_game = validate(cell)
+    except ConfigError as e:
+      raise ConfigError(e.flag, f'{str(e).partition(": ")[2]} (sweep cell '
+                        f'{cell_name(values)})') from None
+    for name in grid:
+      if getattr(resolved, name) is None:
+        raise ConfigError('sweep', f'{config.algorithm} has no {name}')
+    cells.append((values, resolved))
+  structures = {algorithm_maker(c) for _, c in cells}
+  if len(structures) > 1:
+    raise ConfigError('sweep', 'cells differ in more than swept values')
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, sweep_checkpoint_config(
+        [c for _, c in cells])).check(config.overwrite)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError('overwrite', str(e)) from None
+  return cells, file_game
+
+
+def sweep_checkpoint_config(configs: list[ExperimentConfig]) -> dict:
+  """What a sweep's checkpoints are checked against: every cell's config
+  (less the settings a resumed run may change, such as ``num_steps``)."""
+  if len(configs) == 1:
+    return dataclasses.asdict(configs[0])
+  return {'cells': [{k: v for k, v in dataclasses.asdict(c).items()
+                     if k not in checkpoint_lib.RESUMABLE_CHANGES}
+                    for c in configs]}

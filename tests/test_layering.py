@@ -1,0 +1,97 @@
+"""Data flows one way (DESIGN.md): no module imports from a later stage.
+
+The stages, earliest first: shared foundations; games (data, exact
+reference, metrics); environments; policies; update rules; algorithms; the
+trainer, checkpoints and evaluation functions; the experiment package (whose
+own modules run config -> inputs -> sweep -> results -> run); analysis; the
+stability study; figures. Every ``nash_jax`` import in the package,
+including imports inside functions, is checked.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1] / 'nash_jax'
+STAGES = [
+    ('nash_jax.errors', 'nash_jax.settings', 'nash_jax.distributions'),
+    ('nash_jax.games', 'nash_jax.reference', 'nash_jax.bradley_terry',
+     'nash_jax.metrics'),
+    ('nash_jax.environments',),
+    ('nash_jax.policies',),
+    ('nash_jax.rules',),
+    ('nash_jax.algorithms',),
+    ('nash_jax.train', 'nash_jax.checkpoint', 'nash_jax.evaluation'),
+    ('nash_jax.experiment.config',),
+    ('nash_jax.experiment.inputs',),
+    ('nash_jax.experiment.sweep',),
+    ('nash_jax.experiment.results',),
+    ('nash_jax.experiment.run', 'nash_jax.experiment'),
+    ('nash_jax.analysis',),
+    ('nash_jax.stability',),
+    ('nash_jax.figures',),
+]
+
+
+def stage(module: str) -> int:
+  """The stage of a module: its longest matching prefix in STAGES."""
+  best, found = -1, None
+  for i, prefixes in enumerate(STAGES):
+    for p in prefixes:
+      if (module == p or module.startswith(p + '.')) and len(p) > best:
+        best, found = len(p), i
+  if found is None:
+    raise AssertionError(f'{module} is in no stage')
+  return found
+
+
+def modules():
+  for path in sorted(ROOT.rglob('*.py')):
+    parts = path.relative_to(ROOT.parent).with_suffix('').parts
+    if parts[-1] == '__init__':
+      parts = parts[:-1]
+    yield '.'.join(parts), path
+
+
+def imports(path: Path, module: str):
+  """Absolute names of the nash_jax modules a file imports."""
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      base = node.module
+      # `from nash_jax import experiment` imports the module experiment.
+      names = [f'{base}.{a.name}' if base == 'nash_jax' else base
+               for a in node.names]
+    else:
+      continue
+    yield from (n for n in names if n.startswith('nash_jax.'))
+
+
+@pytest.mark.parametrize('module,path', list(modules()),
+                         ids=[m for m, _ in modules()])
+def test_no_import_from_a_later_stage(module, path):
+  if module == 'nash_jax':
+    return
+  mine = stage(module)
+  later = [name for name in imports(path, module) if stage(name) > mine]
+  assert not later, f'{module} (stage {mine}) imports {later}'
+
+
+def test_stage_of_known_modules():
+  assert stage('nash_jax.policies.sequence') > stage('nash_jax.environments')
+  assert stage('nash_jax.experiment.run') > stage('nash_jax.experiment.sweep')
+  with pytest.raises(AssertionError):
+    stage('nash_jax.unknown')
+
+
+def test_a_later_import_is_caught(tmp_path):
+  path = tmp_path / 'fake.py'
+  path.write_text('def f():\n  from nash_jax import train\n'
+                  'from nash_jax.games.core import Game\n')
+  found = list(imports(path, 'nash_jax.policies.fake'))
+  assert found == ['nash_jax.train', 'nash_jax.games.core'] or \
+      sorted(found) == ['nash_jax.games.core', 'nash_jax.train']
+  assert [n for n in found if stage(n) > stage('nash_jax.policies.fake')] \
+      == ['nash_jax.train']
