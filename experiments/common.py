@@ -60,6 +60,11 @@ def define_flags(**defaults) -> None:
   this binary's ``defaults`` (e.g. ``num_steps=1000``), plus the multi-host
   flags."""
   define_settings(ExperimentConfig, **defaults)
+  define_multihost_flags()
+
+
+def define_multihost_flags() -> None:
+  """``--distributed`` and its coordinator settings (see start_jax)."""
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize '
                     'first: with no other flag it detects Slurm, Open MPI '
                     'or a TPU pod from the environment; otherwise give '

@@ -12,8 +12,9 @@ pi*_beta``), with the metrics of :mod:`nash_jax.metrics`.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -66,3 +67,45 @@ def train_on_game(algorithm: Algorithm, beta, keys, game, log_equilibrium,
   return train_lib.train(make, exact_evaluator(make), keys, game,
                          log_equilibrium, hyper=hyper, shared=shared_game,
                          **kwargs)
+
+
+class ListedEval(NamedTuple):
+  """What the exact evaluation of a listed environment reads besides the
+  state: the exact game over the listed responses and ``log pi*_beta``."""
+
+  game: Any
+  log_equilibrium: Any
+
+
+# Fixed stream of the per-evaluation samples (drawn from the state's key
+# without advancing it, so recording samples does not change training).
+SAMPLE_STREAM = 0x5A4D
+
+
+@functools.lru_cache(maxsize=64)
+def listed_evaluator(make: Callable, env_of: Callable,
+                     num_samples: int = 0) -> Callable:
+  """``evaluate(hyper, state, env_params, eval_data: ListedEval)``: the exact
+  metrics of the state's distribution over the listed responses of
+  ``env_of(hyper)`` (e.g. a token game), ``generated_tokens``, and, with
+  ``num_samples``, ``samples [X * num_samples, ...]`` drawn from the policy
+  for every context (each context repeated ``num_samples`` times) with
+  their ``sample_log_prob``."""
+
+  def evaluate(hyper, state, env_params, eval_data: ListedEval):
+    algorithm, env = make(hyper), env_of(hyper)
+    policy = algorithm.policy
+    log_pi = env.log_policy(policy, state.params, env_params)
+    row = metrics_lib.evaluate(log_pi, eval_data.game, hyper['beta'],
+                               eval_data.log_equilibrium)
+    row['generated_tokens'] = state.generated_tokens
+    if num_samples:
+      x = env.all_contexts(env_params)
+      x = jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=0), x)
+      key = jax.random.fold_in(state.key, SAMPLE_STREAM)
+      y = policy.sample(key, state.params, x, 0.0, env.reference(env_params))
+      row['samples'] = y
+      row['sample_log_prob'] = policy.log_prob(state.params, x, y)
+    return row
+
+  return evaluate

@@ -14,19 +14,31 @@ stage, each importing only earlier ones:
   atomically (``summary.json`` last);
 * :mod:`~nash_jax.experiment.run`: :func:`run` and :func:`run_sweep`, every
   seed (and cell) in one compiled call per evaluation chunk.
+
+The same stages serve language-model runs (``experiments/lm.py``):
+:class:`LMConfig` and :func:`validate_lm`, the reference transformer and
+the token game in ``inputs``, :func:`write_lm_results`, :func:`run_lm`.
 """
 
 from nash_jax.experiment.config import (
   DTYPES,
   GAMES,
+  LM_SWEEPABLE,
   MAX_SEED,
   SWEEPABLE,
   ExperimentConfig,
   GameConfig,
+  LMConfig,
+  ModelConfig,
+  OracleConfig,
   RunConfig,
+  SampleLogConfig,
+  TokenGameConfig,
   check_output_dir,
   hyperparameters,
+  lm_hyperparameters,
   validate,
+  validate_lm,
 )
 from nash_jax.experiment.inputs import (
   algorithm_maker,
@@ -37,6 +49,7 @@ from nash_jax.experiment.inputs import (
   shares_game,
 )
 from nash_jax.experiment.results import (
+  LMResults,
   Results,
   atomic_write,
   format_table,
@@ -45,15 +58,17 @@ from nash_jax.experiment.results import (
   summary,
   write_csv,
   write_json,
+  write_lm_results,
   write_npy,
   write_results,
   write_sweep_table,
 )
-from nash_jax.experiment.run import run, run_sweep
+from nash_jax.experiment.run import run, run_lm, run_sweep
 from nash_jax.experiment.sweep import (
   cell_name,
   parse_sweep,
   sweep_cells,
   sweep_checkpoint_config,
+  validate_lm_sweep,
   validate_sweep,
 )

@@ -15,10 +15,15 @@ from nash_jax import algorithms as algorithms_lib
 from nash_jax import policies as policies_lib
 from nash_jax import reference
 from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.environments import tokens as tokens_lib
 from nash_jax.environments.tabular import make_tabular_environment
-from nash_jax.experiment.config import ExperimentConfig, hyperparameters
+from nash_jax.experiment.config import (
+  ExperimentConfig,
+  hyperparameters,
+  lm_hyperparameters,
+)
 from nash_jax.games import Game, generate_game
-from nash_jax.policies import PolicyConfig
+from nash_jax.policies import PolicyConfig, sequence, transformer
 
 
 def seed_keys(config: ExperimentConfig):
@@ -93,3 +98,72 @@ def algorithm_maker(config: ExperimentConfig):
       **{k: 'swept' for k in hyperparameters(config)})
   return _maker(config.algorithm, structure, config.policy_config(),
                 config.oracle)
+
+
+# --------------------------------------------------------------------------
+# Language-model runs: the reference transformer, the token environment, the
+# induced exact game and its reference solutions.
+
+
+def lm_policy(tconfig, max_length: int, temperature) -> policies_lib.Policy:
+  """The transformer policy (``temperature`` may be traced), counting the
+  tokens it generates (every sampled token through EOS) for the cost."""
+  policy = sequence.make_sequence_policy(tconfig, max_length, temperature)
+  return policy._replace(num_tokens=lambda y: jnp.sum(
+      sequence.response_mask(y), dtype=jnp.int32))
+
+
+def lm_environment(spec, oracle: str, tconfig, temperature):
+  """The token environment; the reference model scores responses at the
+  policy's ``temperature`` (pi_ref is the initial policy)."""
+  return tokens_lib.make_token_environment(
+      spec, lambda ref, x, y: sequence.log_prob(tconfig, ref, x, y,
+                                                temperature), oracle)
+
+
+@functools.lru_cache(maxsize=16)
+def _lm_maker(name: str, structure, spec, oracle: str, tconfig):
+  def make(hyper):
+    temperature = hyper['temperature']
+    return algorithms_lib.make_algorithm(
+        name, structure.replace(**{k: v for k, v in hyper.items()
+                                   if k != 'temperature'}),
+        lm_policy(tconfig, spec.max_length, temperature),
+        lm_environment(spec, oracle, tconfig, temperature))
+  return make
+
+
+def lm_maker(config):
+  """``make(hyper) -> Algorithm`` of an LM config: the sampled algorithm
+  with the transformer policy and the token environment, the swept values
+  and the temperature traced (cached per structure)."""
+  swept = lm_hyperparameters(config)
+  structure = config.algorithm_config().replace(
+      **{k: 'swept' for k in swept if k != 'temperature'})
+  return _lm_maker(config.algorithm, structure, config.spec(), config.oracle,
+                   config.transformer_config())
+
+
+def reference_params(config):
+  """The reference model: the transformer initialized from
+  ``model_seed`` (every seed starts from it)."""
+  return transformer.init_params(jax.random.PRNGKey(config.model_seed),
+                                 config.transformer_config())
+
+
+def lm_env_params(config, reference=None):
+  """The token environment's data with the reference model and its listed
+  distribution ``log pi_ref [X, N]``."""
+  reference = reference_params(config) if reference is None else reference
+  tconfig = config.transformer_config()
+  return tokens_lib.token_env_params(
+      config.spec(), reference=reference,
+      ref_log_prob_fn=lambda ref, x, y: sequence.log_prob(
+          tconfig, ref, x, y, config.temperature),
+      dtype=jnp.dtype(config.dtype))
+
+
+def lm_equilibrium(game, beta) -> np.ndarray:
+  """``pi*_beta [X, N]`` of the induced game (float64, on the host)."""
+  return reference.equilibrium(np.asarray(game.preferences, np.float64),
+                               np.asarray(game.ref_policy, np.float64), beta)

@@ -17,12 +17,13 @@ import os
 import resource
 import subprocess
 import sys
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
 
 from nash_jax import metrics as metrics_lib
+from nash_jax.environments import tokens as tokens_lib
 from nash_jax.experiment.config import ExperimentConfig
 from nash_jax.experiment.sweep import cell_name
 
@@ -72,9 +73,11 @@ def write_npy(path: str, array) -> None:
 
 
 def metric_columns(rows) -> list[str]:
-  """Column order of ``metrics.csv`` after ``seed``."""
+  """Column order of ``metrics.csv`` after ``seed``: the scalar entries of a
+  row (per-seed arrays such as generated samples are not columns)."""
   first = ['step', 'preference_queries'] + list(metrics_lib.METRICS)
-  return first + sorted(k for k in rows[0] if k not in first)
+  return first + sorted(k for k in rows[0] if k not in first and
+                        np.ndim(rows[0][k]) == 1)
 
 
 def _csv_records(rows, config: ExperimentConfig, columns):
@@ -271,3 +274,101 @@ def format_table(results: Results) -> str:
                    f'{v:>20.4e}')
     lines.append(f'{row["seed"]!s:>6} ' + ' '.join(cells))
   return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------
+# Language-model runs.
+
+
+@dataclasses.dataclass
+class LMResults(Results):
+  """A language-model run: :class:`Results` (``final_policy [S, X, N]`` over
+  the listed responses) plus the induced exact game, the listed responses
+  ``[N, L]`` and the prompts ``[X, P]`` (with their mask)."""
+
+  game: Any = None
+  responses: np.ndarray | None = None
+  prompts: np.ndarray | None = None
+  prompt_mask: np.ndarray | None = None
+
+
+def decode(tokens, mask=None) -> str:
+  """Readable text of token ids: content token ``3 + i`` is the letter
+  ``'a' + i``, BOS ``<s>``, EOS ``</s>`` (and nothing after it), padding
+  (or masked tokens) skipped."""
+  words = []
+  for i, t in enumerate(np.asarray(tokens).tolist()):
+    if mask is not None and not mask[i]:
+      continue
+    if t == tokens_lib.PAD:
+      continue
+    if t == tokens_lib.BOS:
+      words.append('<s>')
+    elif t == tokens_lib.EOS:
+      words.append('</s>')
+      break
+    else:
+      words.append(chr(ord('a') + t - tokens_lib.FIRST_CONTENT))
+  return ' '.join(words)
+
+
+def sample_records(results: LMResults):
+  """One ``samples.jsonl`` record per evaluation, seed and sample: the
+  step, seed, prompt (index and text), response text, its length in
+  content tokens, whether it ended with EOS and its log-probability."""
+  config = results.config
+  for row in results.rows:
+    if 'samples' not in row:
+      continue
+    step = int(row['step'][0])
+    for i in range(config.num_seeds):
+      for j, (y, lp) in enumerate(zip(row['samples'][i],
+                                      row['sample_log_prob'][i])):
+        x = j // config.num_samples
+        tokens = np.asarray(y).tolist()
+        length = next((k for k, t in enumerate(tokens)
+                       if t < tokens_lib.FIRST_CONTENT), len(tokens))
+        yield {'step': step, 'seed': config.seed + i, 'prompt_index': x,
+               'prompt': decode(results.prompts[x], results.prompt_mask[x]),
+               'response': decode(y), 'length': length,
+               'eos': length < len(tokens) and tokens[length] ==
+               tokens_lib.EOS, 'log_prob': float(lp)}
+
+
+def write_lm_results(results: LMResults, output_dir: str | None = None):
+  """Writes a language-model run: config.json, metrics.csv, samples.jsonl,
+  final_policy.npy ``[S, X, N]``, responses.npy ``[N, L]``,
+  equilibrium.npy ``[S, X, N]``, game.npz (the induced game in the
+  game-file format: ``preferences``, ``ref_policy``, ``context_weights``),
+  manifest.json and summary.json (last); only process 0 writes."""
+  if jax.process_index() != 0:
+    return
+  output_dir = output_dir or results.config.output_dir
+  os.makedirs(output_dir, exist_ok=True)
+  join = lambda name: os.path.join(output_dir, name)
+  if os.path.exists(join('summary.json')):
+    os.remove(join('summary.json'))
+  write_json(join('config.json'), dataclasses.asdict(results.config))
+  columns = metric_columns(results.rows)
+  write_csv(join('metrics.csv'), ['seed'] + columns,
+            _csv_records(results.rows, results.config, columns))
+
+  def write_jsonl(tmp):
+    with open(tmp, 'w') as f:
+      for record in sample_records(results):
+        f.write(json.dumps(record) + '\n')
+  atomic_write(join('samples.jsonl'), write_jsonl)
+  write_npy(join('final_policy.npy'), results.final_policy)
+  write_npy(join('equilibrium.npy'), results.equilibrium)
+  write_npy(join('responses.npy'), results.responses)
+
+  def write_game(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, preferences=np.asarray(results.game.preferences,
+                                         np.float64),
+               ref_policy=np.asarray(results.game.ref_policy, np.float64),
+               context_weights=np.asarray(results.game.context_weights,
+                                          np.float64))
+  atomic_write(join('game.npz'), write_game)
+  write_json(join('manifest.json'), manifest(results))
+  write_json(join('summary.json'), summary(results))

@@ -17,15 +17,29 @@ import numpy as np
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import evaluation
 from nash_jax import train as train_lib
-from nash_jax.experiment.config import ExperimentConfig, hyperparameters
+from nash_jax.environments import tokens as tokens_lib
+from nash_jax.experiment.config import (
+  ExperimentConfig,
+  hyperparameters,
+  lm_hyperparameters,
+)
 from nash_jax.experiment.inputs import (
   algorithm_maker,
   build_games,
   equilibria,
+  lm_env_params,
+  lm_environment,
+  lm_equilibrium,
+  lm_maker,
   seed_keys,
   shares_game,
 )
-from nash_jax.experiment.results import MetricsStream, Results, TensorBoard
+from nash_jax.experiment.results import (
+  LMResults,
+  MetricsStream,
+  Results,
+  TensorBoard,
+)
 from nash_jax.experiment.sweep import sweep_checkpoint_config
 from nash_jax.games import Game
 
@@ -213,3 +227,108 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
         c, [{k: v[cut] for k, v in row.items()} for row in rows],
         final_policy[cut], np.asarray(equilibrium[cut]), wall))
   return results
+
+
+def lm_checkpoint_config(configs) -> dict:
+  """What the checkpoints of a language-model run (or sweep) are checked
+  against: every cell's config less the settings a resumed run may
+  change."""
+  return sweep_checkpoint_config(configs)
+
+
+def run_lm(configs, output_dir: str | None = None,
+           log: Callable[[str], None] = print,
+           checkpoint_every: int | None = None) -> list[LMResults]:
+  """Runs validated LM configs that differ only in swept values (one config:
+  a single run), every cell and seed in one compiled call per chunk.
+
+  The reference model (``model_seed``), its listed distribution and the
+  induced exact game are built once; ``pi*_beta`` is solved once per
+  ``beta`` by the reference solver; then the transformer policy is trained
+  with the sampled algorithm against the token environment, with the exact
+  metrics at every evaluation. Returns one :class:`LMResults` per config.
+  """
+  start = time.time()
+  if jax.process_index() != 0:
+    log = lambda line: None
+  config = configs[0]
+  output_dir = output_dir or config.output_dir
+  num_cells, num_seeds = len(configs), config.num_seeds
+  spec = config.spec()
+  log(f'[{config.algorithm}] token game: {spec.num_prompts} prompts, '
+      f'{tokens_lib.num_responses(spec.vocab_size, spec.max_length)} '
+      f'responses each; listing the reference model')
+  env_params = lm_env_params(config)
+  game = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                      tokens_lib.game_of(env_params))
+  equilibria = {}
+  for c in configs:
+    if c.beta not in equilibria:
+      log(f'[{config.algorithm}] solving pi*_beta at beta={c.beta:g}')
+      equilibria[c.beta] = lm_equilibrium(game, c.beta)
+  dtype = jnp.dtype(config.dtype)
+  eval_game = jax.tree.map(lambda a: jnp.asarray(a, dtype), game)
+  shared = len(equilibria) == 1
+  with np.errstate(divide='ignore'):
+    log_eq = {b: np.log(e) for b, e in equilibria.items()}
+  if shared:
+    eval_data = evaluation.ListedEval(eval_game, jnp.asarray(
+        log_eq[config.beta], dtype))
+  else:
+    eval_data = evaluation.ListedEval(
+        jax.tree.map(lambda a: np.broadcast_to(
+            np.asarray(a), (num_cells * num_seeds,) + a.shape), eval_game),
+        np.repeat(np.stack([log_eq[c.beta] for c in configs]), num_seeds,
+                  axis=0).astype(dtype))
+    env_params = jax.tree.map(lambda a: np.broadcast_to(
+        np.asarray(a), (num_cells * num_seeds,) + np.shape(a)), env_params)
+  make = lm_maker(config)
+  hyper = {k: np.repeat(np.asarray([lm_hyperparameters(c)[k]
+                                    for c in configs], dtype), num_seeds)
+           for k in lm_hyperparameters(config)}
+  _, run_keys = seed_keys(config)
+  run_keys = _tile(run_keys, num_cells)
+  spec_key, oracle, tconfig = spec, config.oracle, config.transformer_config()
+  env_of = _lm_env_of(spec_key, oracle, tconfig)
+  evaluate = evaluation.listed_evaluator(make, env_of, config.num_samples)
+  if checkpoint_every is None:
+    checkpoint_every = config.checkpoint_every
+  state, rows = train_recorded(
+      config, make, evaluate, run_keys, env_params, eval_data, hyper,
+      shared=shared, output_dir=output_dir,
+      checkpoint_config=lm_checkpoint_config(configs),
+      checkpoint_every=checkpoint_every, stream=num_cells == 1, log=log,
+      start=start)
+  final = _lm_final_log_policy(make, env_of, shared)(hyper, state,
+                                                     env_params)
+  final_policy = np.exp(np.asarray(final, np.float64))
+  final_policy /= final_policy.sum(-1, keepdims=True)
+  wall = time.time() - start
+  results = []
+  for i, c in enumerate(configs):
+    cut = slice(i * num_seeds, (i + 1) * num_seeds)
+    equilibrium = np.broadcast_to(equilibria[c.beta],
+                                  (num_seeds,) + equilibria[c.beta].shape)
+    results.append(LMResults(
+        c, [{k: v[cut] for k, v in row.items()} for row in rows],
+        final_policy[cut], np.asarray(equilibrium), wall, game=game,
+        responses=np.asarray(tokens_lib.list_responses(
+            spec.vocab_size, spec.max_length, spec.max_responses)),
+        prompts=np.asarray(tokens_lib.make_prompts(spec)[0]),
+        prompt_mask=np.asarray(tokens_lib.make_prompts(spec)[1])))
+  return results
+
+
+@functools.lru_cache(maxsize=16)
+def _lm_env_of(spec, oracle, tconfig):
+  return lambda hyper: lm_environment(spec, oracle, tconfig,
+                                      hyper['temperature'])
+
+
+@functools.lru_cache(maxsize=16)
+def _lm_final_log_policy(make, env_of, shared: bool):
+  """Jitted ``log pi [S, X, N]`` of every run's final state."""
+  def one(hyper, state, env_params):
+    return env_of(hyper).log_policy(make(hyper).policy, state.params,
+                                    env_params)
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None if shared else 0)))

@@ -11,11 +11,17 @@ import os
 
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax.algorithms import ConfigError
-from nash_jax.experiment.config import SWEEPABLE, ExperimentConfig, validate
-from nash_jax.experiment.inputs import algorithm_maker
+from nash_jax.experiment.config import (
+  SWEEPABLE,
+  ExperimentConfig,
+  validate,
+  validate_lm,
+)
+from nash_jax.experiment.inputs import algorithm_maker, lm_maker
 
 
-def parse_sweep(specs: list[str]) -> dict[str, list[float]]:
+def parse_sweep(specs: list[str],
+                sweepable=SWEEPABLE) -> dict[str, list[float]]:
   """``['beta=0.1,0.01', 'learning_rate=0.1,1']`` -> ``{name: values}``.
 
   Raises:
@@ -28,9 +34,9 @@ def parse_sweep(specs: list[str]) -> dict[str, list[float]]:
     name = name.strip()
     if not sep or not values.strip():
       raise ConfigError('sweep', f'expected NAME=V1,V2,..., got {spec!r}')
-    if name not in SWEEPABLE:
+    if name not in sweepable:
       raise ConfigError('sweep', f'cannot sweep {name!r}; sweepable: '
-                        f'{", ".join(SWEEPABLE)}')
+                        f'{", ".join(sweepable)}')
     if name in grid:
       raise ConfigError('sweep', f'{name} is swept twice')
     try:
@@ -66,11 +72,27 @@ def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
   learning rate follows a swept ``beta``), and every cell must keep the
   same structure (the sweep is one compiled program).
   """
-  file_game = None
+  found = {}
+
+  def check(cell):
+    resolved, found['game'] = validate(cell)
+    return resolved
+
+  cells = _validate_cells(config, grid, check, algorithm_maker)
+  return cells, found.get('game')
+
+
+def validate_lm_sweep(config, grid: dict[str, list[float]]):
+  """:func:`validate_sweep` for a language-model config; returns
+  ``cells``."""
+  return _validate_cells(config, grid, validate_lm, lm_maker)
+
+
+def _validate_cells(config, grid, validate_cell, maker):
   cells = []
   for values, cell in sweep_cells(config, grid):
     try:
-      resolved, file_game = validate(cell)
+      resolved = validate_cell(cell)
     except ConfigError as e:
       raise ConfigError(e.flag, f'{str(e).partition(": ")[2]} (sweep cell '
                         f'{cell_name(values)})') from None
@@ -78,7 +100,7 @@ def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
       if getattr(resolved, name) is None:
         raise ConfigError('sweep', f'{config.algorithm} has no {name}')
     cells.append((values, resolved))
-  structures = {algorithm_maker(c) for _, c in cells}
+  structures = {maker(c) for _, c in cells}
   if len(structures) > 1:
     raise ConfigError('sweep', 'cells differ in more than swept values')
   try:
@@ -86,7 +108,7 @@ def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
         [c for _, c in cells])).check(config.overwrite)
   except checkpoint_lib.CheckpointMismatch as e:
     raise ConfigError('overwrite', str(e)) from None
-  return cells, file_game
+  return cells
 
 
 def sweep_checkpoint_config(configs: list[ExperimentConfig]) -> dict:
