@@ -1,0 +1,497 @@
+"""A small decoder-only transformer in Flax NNX (Llama / Qwen layout).
+
+Shapes: ``B`` batch, ``T`` new tokens, ``S`` key slots (``T`` without a
+cache, the cache length with one), ``D`` ``d_model``, ``N`` query heads,
+``K`` key-value heads, ``G = N / K`` query heads per key-value head, ``H``
+``head_dim``, ``F`` ``mlp_dim``, ``V`` ``vocab_size``. Every matmul is a
+``jnp.einsum`` over a named parameter.
+
+The maths, per block (pre-norm residual, Llama: Touvron et al. 2023,
+arXiv 2302.13971; Qwen2 arXiv 2407.10671, Qwen3 arXiv 2505.09388)::
+
+  h = x + Attn(RMSNorm(x)),    out = h + SwiGLU(RMSNorm(h))
+
+and ``logits = RMSNorm(out_L) W_head`` with ``W_head = E^T`` (tied to the
+input embedding ``E [V, D]``) or a separate ``[D, V]`` matrix.
+
+* RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467):
+  ``RMSNorm(x) = g * x / sqrt(mean_d(x_d^2) + eps)``, ``g`` initialized to 1.
+* Rotary position embeddings (RoFormer, Su et al., arXiv 2104.09864), in the
+  "rotate half" layout of Llama / Qwen / Gemma: for ``i < H/2`` the pair
+  ``(z_i, z_{i + H/2})`` of a query or key at position ``p`` is rotated by
+  the angle ``p w_i``, ``w_i = theta^(-2i/H)``::
+
+    z'_i       = z_i cos(p w_i) - z_{i+H/2} sin(p w_i)
+    z'_{i+H/2} = z_{i+H/2} cos(p w_i) + z_i sin(p w_i)
+
+  so that ``q'_p . k'_s`` depends on ``p - s`` only. ``theta`` is
+  ``rope_theta`` (10,000 in RoFormer and Llama 2; 1,000,000 in Qwen3).
+* Grouped-query attention (Ainslie et al., arXiv 2305.13245; Vaswani et al.
+  2017, arXiv 1706.03762): query head ``n = k G + g`` reads key-value head
+  ``k`` (the MHA formula with each key-value head repeated ``G`` times)::
+
+    A[n, t, s] = softmax_s(q'_{t,n} . k'_{s,k} / sqrt(H) + M[t, s])
+    o[t, n]    = sum_s A[n, t, s] v_{s,k},   Attn(x) = sum_{n,h} o W_o
+
+  with ``M[t, s] = 0`` where key slot ``s`` is causal (``s <= t`` in slot
+  order) and a real token (``key_mask``), ``-inf`` otherwise (the dtype's
+  lowest finite value, so a row with no valid key stays finite).
+* SwiGLU MLP (Shazeer 2020, arXiv 2002.05202):
+  ``SwiGLU(x) = (silu(x W_gate) * (x W_up)) W_down``,
+  ``silu(z) = z sigmoid(z)``.
+
+Initialization: projections and the untied head are normal with standard
+deviation ``fan_in^-1/2``; the embedding is normal with standard deviation
+``D^-1/2`` (so tied logits start with unit scale); norm scales are 1. All
+weights are slices of one normal draw (:class:`Normals`). There are no
+biases and no QK-norm (Qwen3 adds RMSNorm on ``q`` and ``k``).
+
+Parameters as a plain pytree: :func:`init_params` returns a nested dict of
+arrays (optax, ``vmap`` over seeds, orbax, ``jax.tree.map`` all apply), and
+:func:`apply` merges it with the module's graph (:func:`graph_def`, built
+once per config) inside the traced function. Layout::
+
+  {'embedder': {'embedding': [V, D]},
+   'layer_<i>': {'attn_norm': {'scale': [D]},
+                 'attn': {'q': {'w': [D, N, H]}, 'k': {'w': [D, K, H]},
+                          'v': {'w': [D, K, H]}, 'o': {'w': [N, H, D]}},
+                 'mlp_norm': {'scale': [D]},
+                 'mlp': {'gate': {'w': [D, F]}, 'up': {'w': [D, F]},
+                         'down': {'w': [F, D]}}},      for i < num_layers
+   'final_norm': {'scale': [D]},
+   'head': {'w': [D, V]}}                             (untied only)
+
+The key-value cache is functional (:class:`KVCache`: arrays passed in and
+returned), so decoding runs inside ``lax.scan``. Activations are computed in
+the parameters' dtype; norms, RoPE angles and the attention softmax in at
+least float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nash_jax.errors import ConfigError
+
+PARAM_DTYPES = ('float32', 'float64', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture of a decoder-only transformer (see the module docstring).
+
+  Attributes:
+    vocab_size: ``V``, the number of token ids.
+    d_model: ``D``, the residual stream width.
+    num_layers: the number of blocks.
+    num_heads: ``N``, query heads.
+    num_kv_heads: ``K``, key-value heads (GQA; ``N % K == 0``; ``K = N`` is
+      multi-head attention, ``K = 1`` multi-query attention).
+    head_dim: ``H`` (even, as RoPE rotates pairs); ``None`` for
+      ``d_model // num_heads``.
+    mlp_dim: ``F``, the SwiGLU hidden width.
+    rope_theta: the RoPE base ``theta``.
+    tie_embeddings: the output head is the transposed input embedding.
+    norm_eps: RMSNorm's ``eps``.
+    param_dtype: 'float32', 'float64' or 'bfloat16'.
+  """
+
+  vocab_size: int
+  d_model: int = 32
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int | None = None
+  mlp_dim: int = 64
+  rope_theta: float = 10_000.0
+  tie_embeddings: bool = True
+  norm_eps: float = 1e-6
+  param_dtype: str = 'float32'
+
+  @property
+  def head_size(self) -> int:
+    """``H``: ``head_dim``, or ``d_model // num_heads`` when unset."""
+    if self.head_dim is not None:
+      return self.head_dim
+    return self.d_model // self.num_heads
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_transformer_config(cfg: TransformerConfig, prefix: str = ''):
+  """Raises :class:`ConfigError` (flag ``prefix + field``) for impossible
+  values; returns ``cfg``."""
+
+  def check(ok, name, message):
+    if not ok:
+      raise ConfigError(prefix + name, message)
+
+  for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads',
+               'num_kv_heads', 'mlp_dim'):
+    value = getattr(cfg, name)
+    check(_is_int(value) and value >= 1, name,
+          f'must be a positive integer, got {value!r}')
+  check(cfg.num_heads % cfg.num_kv_heads == 0, 'num_kv_heads',
+        f'must divide num_heads={cfg.num_heads} (grouped-query attention), '
+        f'got {cfg.num_kv_heads}')
+  if cfg.head_dim is None:
+    check(cfg.d_model % cfg.num_heads == 0, 'num_heads',
+          f'must divide d_model={cfg.d_model} when head_dim is unset, got '
+          f'{cfg.num_heads}')
+  else:
+    check(_is_int(cfg.head_dim) and cfg.head_dim >= 1, 'head_dim',
+          f'must be a positive integer, got {cfg.head_dim!r}')
+  check(cfg.head_size % 2 == 0, 'head_dim',
+        f'must be even (RoPE rotates pairs), got {cfg.head_size}')
+  theta = cfg.rope_theta
+  check(isinstance(theta, (int, float)) and not isinstance(theta, bool)
+        and math.isfinite(theta) and theta > 0, 'rope_theta',
+        f'must be a positive finite number, got {theta!r}')
+  eps = cfg.norm_eps
+  check(isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0,
+        'norm_eps', f'must be a positive finite number, got {eps!r}')
+  check(isinstance(cfg.tie_embeddings, bool), 'tie_embeddings',
+        f'must be a bool, got {cfg.tie_embeddings!r}')
+  check(cfg.param_dtype in PARAM_DTYPES, 'param_dtype',
+        f'must be one of {PARAM_DTYPES}, got {cfg.param_dtype!r}')
+  check(cfg.param_dtype != 'float64' or jax.config.jax_enable_x64,
+        'param_dtype', 'float64 needs jax_enable_x64 (JAX_ENABLE_X64=1)')
+  return cfg
+
+
+def _wide(dtype) -> jnp.dtype:
+  """At least float32: the dtype of norms, RoPE angles and softmaxes."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+class Normals:
+  """Initial weights as consecutive slices of one standard-normal draw.
+
+  Every random weight of a model comes from a single ``jax.random.normal``
+  call, so a jitted :func:`init_params` compiles one threefry kernel however
+  many weights the model has (XLA compiles a separate kernel for every
+  draw, which dominates the compile time of a per-weight initialization).
+  """
+
+  def __init__(self, key: chex.PRNGKey, size: int, dtype):
+    self.values = jax.random.normal(key, (size,), _wide(dtype))
+    self.used = 0
+
+  def __call__(self, shape, std: float, dtype):
+    """The next ``prod(shape)`` values, times ``std``, as ``dtype``."""
+    size = math.prod(shape)
+    if self.used + size > self.values.shape[0]:
+      raise ValueError(f'Normals: {self.values.shape[0]} values drawn, '
+                       f'{self.used + size} needed')
+    z = self.values[self.used:self.used + size].reshape(shape)
+    self.used += size
+    return (std * z).astype(dtype)
+
+
+def num_random_weights(cfg: TransformerConfig) -> int:
+  """The number of randomly initialized weights (all but the norm scales)."""
+  d, n, k, h, f = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
+                   cfg.head_size, cfg.mlp_dim)
+  per_layer = 2 * d * n * h + 2 * d * k * h + 3 * d * f
+  head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
+  return cfg.vocab_size * d + cfg.num_layers * per_layer + head
+
+
+class Einsum(nnx.Module):
+  """``jnp.einsum(spec, x, w)`` with a parameter ``w`` (no bias), initialized
+  normal with standard deviation ``fan_in^-1/2``."""
+
+  def __init__(self, spec: str, shape, fan_in: int, dtype,
+               normals: Normals):
+    self.spec = spec
+    self.w = nnx.Param(normals(shape, fan_in**-0.5, dtype))
+
+  def __call__(self, x):
+    return jnp.einsum(self.spec, x, self.w[...])
+
+
+def rms_norm(x, scale, eps):
+  """``scale * x / sqrt(mean(x^2) + eps)`` over the last axis of ``x``."""
+  wide = x.astype(_wide(x.dtype))
+  inv = jax.lax.rsqrt(jnp.mean(wide * wide, axis=-1, keepdims=True) + eps)
+  scale = scale.reshape((1,) * (x.ndim - 1) + scale.shape)
+  return (wide * inv).astype(x.dtype) * scale
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis with a learned scale ``[dim]``."""
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), dtype))
+
+  def __call__(self, x):
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+def rope_tables(positions, head_dim: int, theta, dtype):
+  """``(cos, sin)`` of the RoPE angles ``p w_i``, ``w_i = theta^(-2i/H)``.
+
+  Args:
+    positions: ``[B, T]`` integer positions ``p``.
+    head_dim: ``H`` (even).
+    theta: the base.
+    dtype: the activations' dtype (the angles are at least float32).
+
+  Returns:
+    ``cos, sin``: ``[B, T, 1, H/2]`` each (a singleton heads axis).
+  """
+  chex.assert_rank(positions, 2)
+  wide = _wide(dtype)
+  exponent = jnp.arange(head_dim // 2, dtype=wide) * (2.0 / head_dim)
+  freq = jnp.asarray(theta, wide) ** -exponent                    # [H/2]
+  angle = positions.astype(wide)[:, :, None, None] * freq[None, None, None]
+  return jnp.cos(angle), jnp.sin(angle)
+
+
+def rotate(z, tables):
+  """RoPE ("rotate half" layout): ``(z_i, z_{i+H/2})`` rotated by the
+  angles of ``tables = rope_tables(...)``; ``z`` is ``[B, T, heads, H]``."""
+  cos, sin = tables
+  half = z.shape[-1] // 2
+  first = z[..., :half].astype(cos.dtype)
+  second = z[..., half:].astype(cos.dtype)
+  out = jnp.concatenate([first * cos - second * sin,
+                         second * cos + first * sin], axis=-1)
+  return out.astype(z.dtype)
+
+
+def apply_rope(z, positions, theta):
+  """Rotary position embedding of ``z [B, T, heads, H]`` at ``positions
+  [B, T]`` with base ``theta`` (module docstring)."""
+  chex.assert_rank(z, 4)
+  return rotate(z, rope_tables(positions, z.shape[-1], theta, z.dtype))
+
+
+def attend(q, k, v, mask):
+  """Grouped-query attention weights applied to values.
+
+  Args:
+    q: ``[B, T, N, H]`` queries (RoPE applied).
+    k: ``[B, S, K, H]`` keys (RoPE applied), ``N % K == 0``.
+    v: ``[B, S, K, H]`` values.
+    mask: ``[B, T, S]`` bool, True where query ``t`` may read key ``s``.
+
+  Returns:
+    ``[B, T, N, H]``: ``sum_s softmax_s(q.k / sqrt(H)) v`` with query head
+    ``n = k G + g`` reading key-value head ``k``. A query with no readable
+    key (a padding slot) gets a finite average that nothing reads.
+  """
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+  scores = jnp.einsum('btkgh,bskh->bkgts', q, k).astype(_wide(q.dtype))
+  scores = scores * h**-0.5
+  scores = jnp.where(mask[:, None, None], scores,
+                     jnp.finfo(scores.dtype).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum('bkgts,bskh->btkgh', weights, v)
+  return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+  """GQA self-attention with RoPE and an optional functional cache."""
+
+  def __init__(self, cfg: TransformerConfig, normals: Normals):
+    d, n, k, h, dtype = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
+                         cfg.head_size, cfg.dtype)
+    self.q = Einsum('btd,dnh->btnh', (d, n, h), d, dtype, normals)
+    self.k = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals)
+    self.v = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals)
+    self.o = Einsum('btnh,nhd->btd', (n, h, d), n * h, dtype, normals)
+
+  def __call__(self, x, rope, mask, kv=None, index=None):
+    """``x [B, T, D]``, ``rope``: :func:`rope_tables` of the tokens'
+    positions, ``mask [B, T, S]``; ``kv``: the cached ``(k, v)``
+    ``[B, S, K, H]`` each, written at slots ``index .. index + T - 1``.
+    Returns ``([B, T, D], (k, v))``."""
+    q = rotate(self.q(x), rope)
+    k = rotate(self.k(x), rope)
+    v = self.v(x)
+    if kv is not None:
+      zero = jnp.zeros((), index.dtype)
+      start = (zero, index, zero, zero)
+      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
+      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+    return self.o(attend(q, k, v, mask)), (k, v)
+
+
+class SwiGLU(nnx.Module):
+  """``(silu(x W_gate) * (x W_up)) W_down``."""
+
+  def __init__(self, cfg: TransformerConfig, normals: Normals):
+    d, f, dtype = cfg.d_model, cfg.mlp_dim, cfg.dtype
+    self.gate = Einsum('btd,df->btf', (d, f), d, dtype, normals)
+    self.up = Einsum('btd,df->btf', (d, f), d, dtype, normals)
+    self.down = Einsum('btf,fd->btd', (f, d), f, dtype, normals)
+
+  def __call__(self, x):
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+  """``h = x + Attn(RMSNorm(x))``, ``out = h + SwiGLU(RMSNorm(h))``."""
+
+  def __init__(self, cfg: TransformerConfig, normals: Normals):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.dtype)
+    self.attn = Attention(cfg, normals)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.dtype)
+    self.mlp = SwiGLU(cfg, normals)
+
+  def __call__(self, x, rope, mask, kv=None, index=None):
+    a, kv = self.attn(self.attn_norm(x), rope, mask, kv, index)
+    h = x + a
+    return h + self.mlp(self.mlp_norm(h)), kv
+
+
+class Embedder(nnx.Module):
+  """Token embedding ``E [V, D]``; ``decode`` is the tied head ``x E^T``."""
+
+  def __init__(self, cfg: TransformerConfig, normals: Normals):
+    shape = (cfg.vocab_size, cfg.d_model)
+    self.embedding = nnx.Param(normals(shape, cfg.d_model**-0.5, cfg.dtype))
+
+  def encode(self, tokens):
+    return jnp.take(self.embedding[...], tokens, axis=0)
+
+  def decode(self, x):
+    return jnp.einsum('btd,vd->btv', x, self.embedding[...])
+
+
+class KVCache(NamedTuple):
+  """A functional key-value cache (a pytree of arrays).
+
+  Attributes:
+    k: per layer, ``[B, S, K, H]`` keys (RoPE applied).
+    v: per layer, ``[B, S, K, H]`` values.
+    index: int32 scalar, the slot where the next tokens are written.
+  """
+
+  k: tuple
+  v: tuple
+  index: chex.Array
+
+
+def init_cache(cfg: TransformerConfig, batch_size: int, length: int,
+               dtype=None) -> KVCache:
+  """An empty cache of ``length`` slots (``dtype`` defaults to the params')."""
+  dtype = cfg.dtype if dtype is None else dtype
+  shape = (batch_size, length, cfg.num_kv_heads, cfg.head_size)
+  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
+
+
+def attention_mask(key_mask, index, num_queries: int):
+  """``[B, T, S]``: query slot ``index + t`` may read key slot ``s`` iff
+  ``s <= index + t`` (causal) and ``key_mask[:, s]`` (a real token)."""
+  query_slots = index + jnp.arange(num_queries, dtype=jnp.int32)
+  key_slots = jnp.arange(key_mask.shape[1], dtype=jnp.int32)
+  causal = key_slots[None, :] <= query_slots[:, None]               # [T, S]
+  return causal[None] & key_mask[:, None, :]
+
+
+class Transformer(nnx.Module):
+  """The decoder: embedding, ``num_layers`` blocks, final RMSNorm, head.
+
+  ``rngs.params()`` seeds one :class:`Normals` draw for every weight.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.num_layers = cfg.num_layers
+    self.tie_embeddings = cfg.tie_embeddings
+    self.head_dim = cfg.head_size
+    self.rope_theta = cfg.rope_theta
+    normals = Normals(rngs.params(), num_random_weights(cfg), cfg.dtype)
+    self.embedder = Embedder(cfg, normals)
+    for i in range(cfg.num_layers):
+      setattr(self, f'layer_{i}', Block(cfg, normals))
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.dtype)
+    if not cfg.tie_embeddings:
+      self.head = Einsum('btd,dv->btv', (cfg.d_model, cfg.vocab_size),
+                         cfg.d_model, cfg.dtype, normals)
+    assert normals.used == normals.values.shape[0]
+
+  def __call__(self, tokens, positions, key_mask, cache: KVCache | None = None):
+    """Logits of the next token at every input slot.
+
+    Args:
+      tokens: ``[B, T]`` int token ids.
+      positions: ``[B, T]`` int RoPE positions.
+      key_mask: ``[B, S]`` bool, True on real tokens: ``S = T`` without a
+        cache; with one, ``S`` is its length (slots not yet written are
+        never read: they are in the causal future).
+      cache: ``None``, or a :class:`KVCache` whose slots
+        ``cache.index .. cache.index + T - 1`` receive these tokens.
+
+    Returns:
+      ``(logits [B, T, V], cache)``: the updated cache (index advanced by
+      ``T``), or ``None`` without one.
+    """
+    chex.assert_rank([tokens, positions, key_mask], 2)
+    chex.assert_equal_shape([tokens, positions])
+    num_new = tokens.shape[1]
+    if cache is None:
+      chex.assert_axis_dimension(key_mask, 1, num_new)
+      index = jnp.zeros((), jnp.int32)
+    else:
+      chex.assert_axis_dimension(key_mask, 1, cache.k[0].shape[1])
+      index = cache.index
+    mask = attention_mask(key_mask, index, num_new)
+    x = self.embedder.encode(tokens)
+    rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+    keys, values = [], []
+    for i in range(self.num_layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, (k, v) = getattr(self, f'layer_{i}')(x, rope, mask, kv, index)
+      keys.append(k)
+      values.append(v)
+    x = self.final_norm(x)
+    logits = self.embedder.decode(x) if self.tie_embeddings else self.head(x)
+    if cache is None:
+      return logits, None
+    return logits, KVCache(tuple(keys), tuple(values), index + num_new)
+
+
+@functools.lru_cache(maxsize=64)
+def graph_def(cfg: TransformerConfig) -> nnx.GraphDef:
+  """The module's static graph for ``cfg`` (built once, without arrays)."""
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract)[0]
+
+
+def init_params(key: chex.PRNGKey, cfg: TransformerConfig) -> dict:
+  """Fresh random parameters as a nested dict of arrays (module docstring's
+  layout); traceable, so ``vmap`` over keys gives a seed axis."""
+  module = Transformer(cfg, rngs=nnx.Rngs(params=key))
+  return nnx.to_pure_dict(nnx.split(module)[1])
+
+
+def module(cfg: TransformerConfig, params: dict) -> Transformer:
+  """The :class:`Transformer` with these parameters (graph and params
+  merged; inside traced code the module holds the tracers)."""
+  return nnx.merge(graph_def(cfg), params)
+
+
+def apply(cfg: TransformerConfig, params: dict, tokens, positions, key_mask,
+          cache: KVCache | None = None):
+  """:meth:`Transformer.__call__` as a pure function of ``params``."""
+  return module(cfg, params)(tokens, positions, key_mask, cache)
