@@ -1,0 +1,434 @@
+"""The sampled algorithms on a transformer policy in the listable token
+game (issue 9): one implementation of each algorithm, exact gradients over
+the listed responses, and the ``experiments.lm`` binary end to end.
+
+* Unbiasedness: each algorithm's per-batch gradient on the transformer's
+  parameters (one sgd step with learning rate 1, differenced) averages to
+  the exact gradient of the objective it estimates, computed from the
+  policy's whole listed distribution and the exact preference tensor, with
+  negative controls (as tests/test_sampled.py does for tabular policies).
+* Nash Prox with the anchor refreshed every step is online IPO with step
+  ``kappa * lr``.
+* The binary: result files, exact metrics consistent with the written
+  policies, a sweep cell equal to its single run, SIGKILL then resume equal
+  to an uninterrupted run, refusals before any work.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_sampled import (
+  ETA,
+  _assert_unbiased,
+  _exact_nash_prox,
+  _exact_online_ipo,
+  _exact_prox_pg,
+  _exact_self_play,
+  _kl_rho,
+  _play,
+)
+
+from nash_jax import algorithms as algorithms_lib
+from nash_jax import metrics, reference
+from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.environments import tokens
+from nash_jax.experiment.inputs import lm_environment, lm_policy
+from nash_jax.policies import sequence, transformer
+
+ROOT = Path(__file__).resolve().parents[1]
+BETA = 0.3
+SPEC = tokens.TokenEnvSpec(vocab_size=2, max_length=2, num_prompts=2,
+                           prompt_length=2)
+TCONFIG = transformer.TransformerConfig(
+    vocab_size=tokens.model_vocab_size(SPEC.vocab_size), d_model=8,
+    num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=8,
+    param_dtype='float64')
+TEMPERATURE = 1.3
+NUM_BATCHES = 3000
+BATCH = 32
+
+
+def _env_params(seed=0):
+  ref = transformer.init_params(jax.random.PRNGKey(seed), TCONFIG)
+  return tokens.token_env_params(
+      SPEC, reference=ref, dtype=jnp.float64,
+      ref_log_prob_fn=lambda r, x, y: sequence.log_prob(TCONFIG, r, x, y,
+                                                        TEMPERATURE))
+
+
+def _perturbed(params, seed, scale=0.5):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      a + scale * jax.random.normal(k, a.shape, a.dtype)
+      for a, k in zip(leaves, keys)])
+
+
+def _algorithm(name, **kwargs):
+  config = AlgorithmConfig(mode='sampled', beta=BETA, learning_rate=1.0,
+                           optimizer='sgd', batch_size=BATCH, **kwargs)
+  return algorithms_lib.make_algorithm(
+      name, config, lm_policy(TCONFIG, SPEC.max_length, TEMPERATURE),
+      lm_environment(SPEC, 'bernoulli', TCONFIG, TEMPERATURE))
+
+
+def _listed(params, env_params):
+  """``log pi [X, N]`` of transformer params over the listed responses."""
+  policy = lm_policy(TCONFIG, SPEC.max_length, TEMPERATURE)
+  return tokens.listed_log_probs(policy.log_prob, params, env_params)
+
+
+def _param_gradient(logit_gradient, params, env_params):
+  """The chain rule through the listed log-policy: ``J^T g``."""
+  _, vjp = jax.vjp(lambda p: _listed(p, env_params), params)
+  return _flat(vjp(logit_gradient)[0])
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+
+
+def _batch_gradients(algorithm, state, env_params):
+  def gradient(key):
+    new, _ = algorithm.step(state.replace(key=key), env_params)
+    return jax.tree.map(lambda a, b: a - b, state.params, new.params)
+
+  keys = jax.random.split(jax.random.PRNGKey(42), NUM_BATCHES)
+  grads = jax.jit(jax.vmap(gradient))(keys)
+  return np.concatenate([np.asarray(a).reshape(NUM_BATCHES, -1)
+                         for a in jax.tree.leaves(grads)], axis=1)
+
+
+def _setup(name, **kwargs):
+  env_params = _env_params()
+  game = tokens.game_of(env_params)
+  algorithm = _algorithm(name, **kwargs)
+  state = algorithm.init(jax.random.PRNGKey(0), env_params)
+  params = _perturbed(state.params, 1)
+  return env_params, game, algorithm, state.replace(params=params), params
+
+
+@pytest.fixture(scope='module')
+def online_ipo_case():
+  env_params, game, algorithm, state, params = _setup('online_ipo')
+  return env_params, game, params, _batch_gradients(algorithm, state,
+                                                    env_params)
+
+
+def test_listed_transformer_distribution_sums_to_one():
+  env_params = _env_params()
+  log_pi = _listed(_perturbed(env_params.reference, 3), env_params)
+  assert log_pi.shape == (SPEC.num_prompts, tokens.num_responses(2, 2))
+  np.testing.assert_allclose(np.exp(log_pi).sum(-1), 1, rtol=1e-12)
+
+
+def test_online_ipo_gradient_on_transformer_is_unbiased(online_ipo_case):
+  env_params, game, params, samples = online_ipo_case
+  log_pi = _listed(params, env_params)
+  exact = _param_gradient(_exact_online_ipo(log_pi, game, BETA), params,
+                          env_params)
+  _assert_unbiased(samples, exact)
+  # Negative control: self-play PG's direction is a different scale.
+  with pytest.raises(AssertionError):
+    _assert_unbiased(samples, _param_gradient(
+        _exact_self_play(log_pi, game, BETA), params, env_params))
+
+
+def test_self_play_pg_gradient_on_transformer_is_unbiased():
+  env_params, game, algorithm, state, params = _setup('self_play_pg')
+  samples = _batch_gradients(algorithm, state, env_params)
+  log_pi = _listed(params, env_params)
+  _assert_unbiased(samples, _param_gradient(
+      _exact_self_play(log_pi, game, BETA), params, env_params))
+  with pytest.raises(AssertionError):
+    _assert_unbiased(samples, _param_gradient(
+        _exact_self_play(log_pi, game, 3 * BETA), params, env_params))
+
+
+def test_nash_prox_gradient_on_transformer_is_unbiased():
+  env_params, game, algorithm, state, params = _setup('nash_prox', eta=ETA)
+  anchor = _perturbed(params, 2, 0.3)
+  samples = _batch_gradients(algorithm, state.replace(anchor=anchor),
+                             env_params)
+  log_pi = _listed(params, env_params)
+  log_anchor = _listed(anchor, env_params)
+  _assert_unbiased(samples, _param_gradient(
+      _exact_nash_prox(log_pi, log_anchor, game, BETA, ETA), params,
+      env_params))
+  with pytest.raises(AssertionError):  # The anchor matters.
+    _assert_unbiased(samples, _param_gradient(
+        _exact_nash_prox(log_pi, log_pi, game, BETA, ETA), params,
+        env_params))
+
+
+def test_approx_nash_mp_gradient_on_transformer_is_unbiased():
+  inner = 2
+  env_params, game, algorithm, state, params = _setup(
+      'approx_nash_mp', eta=ETA, inner_steps=inner)
+  anchor, half = _perturbed(params, 4, 0.3), _perturbed(params, 5, 0.6)
+  # Step 2K + K: the second half, playing against the half-step policy.
+  state = state.replace(anchor=anchor, half=half,
+                        step=jnp.asarray(3 * inner, jnp.int32))
+  samples = _batch_gradients(algorithm, state, env_params)
+  log_pi, log_anchor, log_half = (_listed(p, env_params)
+                                  for p in (params, anchor, half))
+  _assert_unbiased(samples, _param_gradient(
+      _exact_prox_pg(log_pi, log_half, log_anchor, game, BETA, ETA), params,
+      env_params))
+  # Negative control: the prox centre left out. (Playing the anchor instead
+  # of the half-step policy moves the exact gradient by only ~3 standard
+  # errors here, below the Z = 5 bound: the transformer's opponents are too
+  # alike for that control to have teeth at this batch count.)
+  with pytest.raises(AssertionError):
+    _assert_unbiased(samples, _param_gradient(
+        _exact_prox_pg(log_pi, log_half, log_pi, game, BETA, ETA), params,
+        env_params))
+
+
+def _token_mixture_log_policy(params, ref, env_params, c):
+  """``log pi^c [X, N]`` of the PER-TOKEN geometric mixture
+  ``pi^c(y_t|.) ∝ pi(y_t|.)^(1-c) pi_ref(y_t|.)^c`` over the listed
+  responses, from teacher-forced logits (ALGORITHMS.md section 6)."""
+
+  def log_prob(_, x, y):
+    lp = sequence.token_log_probs(sequence.teacher_forced_logits(
+        TCONFIG, params, x, y), TEMPERATURE)
+    lr = sequence.token_log_probs(sequence.teacher_forced_logits(
+        TCONFIG, ref, x, y), TEMPERATURE)
+    mix = jax.nn.log_softmax((1 - c) * lp + c * lr, axis=-1)
+    index = jnp.clip(y - sequence.EOS_ID, 0, mix.shape[-1] - 1)
+    picked = jnp.take_along_axis(mix, index[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(sequence.response_mask(y), picked, 0.0), -1)
+
+  return tokens.listed_log_probs(log_prob, None, env_params)
+
+
+def test_nash_md_pg_gradient_on_transformer_is_unbiased():
+  mixture = 0.6
+  env_params, game, algorithm, state, params = _setup('nash_md_pg',
+                                                      mixture=mixture)
+  samples = _batch_gradients(algorithm, state, env_params)
+  log_mix = _token_mixture_log_policy(params, env_params.reference,
+                                      env_params, mixture)
+  np.testing.assert_allclose(np.exp(log_mix).sum(-1), 1, rtol=1e-12)
+
+  def exact(log_opponent):
+    def objective(p):
+      log_pi = _listed(p, env_params)
+      return (_play(log_pi, log_opponent, game) -
+              BETA * _kl_rho(log_pi, game.log_ref_policy, game))
+    return -_flat(jax.grad(objective)(params))
+
+  _assert_unbiased(samples, exact(log_mix))
+  # Negative controls: the sequence-level geometric mixture (a different
+  # distribution) and no mixture at all.
+  log_pi = _listed(params, env_params)
+  sequence_level = jax.nn.log_softmax(
+      (1 - mixture) * log_pi + mixture * game.log_ref_policy, axis=-1)
+  assert np.max(np.abs(sequence_level - log_mix)) > 1e-2
+  with pytest.raises(AssertionError):
+    _assert_unbiased(samples, exact(log_pi))
+
+
+def test_nash_prox_with_anchor_every_step_is_online_ipo_on_transformer():
+  env_params = _env_params()
+  lr = 0.05
+  kappa = ETA / (1 + ETA)
+
+  def make(name, **kwargs):
+    config = AlgorithmConfig(mode='sampled', beta=BETA, optimizer='sgd',
+                             batch_size=8, **kwargs)
+    return algorithms_lib.make_algorithm(
+        name, config, lm_policy(TCONFIG, SPEC.max_length, TEMPERATURE),
+        lm_environment(SPEC, 'bernoulli', TCONFIG, TEMPERATURE))
+
+  prox = make('nash_prox', eta=ETA, learning_rate=lr, anchor='copy',
+              anchor_every=1)
+  ipo = make('online_ipo', learning_rate=kappa * lr)
+  lagging = make('nash_prox', eta=ETA, learning_rate=lr, anchor='copy',
+                 anchor_every=3)
+
+  def run(algorithm):
+    state = algorithm.init(jax.random.PRNGKey(7), env_params)
+    return jax.lax.fori_loop(
+        0, 12, lambda _, s: algorithm.step(s, env_params)[0], state)
+
+  a, b, c = (jax.jit(lambda alg=alg: run(alg))()
+             for alg in (prox, ipo, lagging))
+  np.testing.assert_allclose(_flat(a.params), _flat(b.params), rtol=0,
+                             atol=1e-12)
+  np.testing.assert_array_equal(a.key, b.key)
+  assert int(a.generated_tokens) == int(b.generated_tokens) > 0
+  moved = np.max(np.abs(_flat(a.params) - _flat(env_params.reference)))
+  assert moved > 1e-3
+  assert np.max(np.abs(_flat(c.params) - _flat(b.params))) > 1e-8
+
+
+# --------------------------------------------------------------------------
+# The binary.
+
+TINY = ['--vocab_size=2', '--max_length=2', '--num_prompts=2',
+        '--d_model=8', '--mlp_dim=8', '--num_heads=2', '--num_kv_heads=1',
+        '--num_layers=1', '--batch_size=8', '--num_seeds=2', '--seed=3',
+        '--eval_every=5', '--num_samples=2']
+
+
+def _lm(out, *args, timeout=600):
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.lm', f'--output_dir={out}', *TINY,
+       *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def lm_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp('lm') / 'run'
+  proc = _lm(out, '--algorithm=nash_prox', '--num_steps=10',
+             '--anchor_every=4', '--learning_rate=0.01')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc
+
+
+def test_lm_binary_writes_the_documented_files(lm_run):
+  out, proc = lm_run
+  for name in ('config.json', 'metrics.csv', 'samples.jsonl',
+               'final_policy.npy', 'responses.npy', 'equilibrium.npy',
+               'game.npz', 'manifest.json', 'summary.json', 'checkpoints'):
+    assert (out / name).exists(), name
+  n = tokens.num_responses(2, 2)
+  final = np.load(out / 'final_policy.npy')
+  assert final.shape == (2, 2, n)
+  np.testing.assert_allclose(final.sum(-1), 1, rtol=1e-6)
+  responses = np.load(out / 'responses.npy')
+  np.testing.assert_array_equal(responses, tokens.list_responses(2, 2))
+  rows = [line.split(',') for line in
+          (out / 'metrics.csv').read_text().splitlines()]
+  header = rows[0]
+  assert header[:3] == ['seed', 'step', 'preference_queries']
+  assert 'generated_tokens' in header and 'kl_to_equilibrium' in header
+  steps = sorted({int(r[1]) for r in rows[1:]})
+  assert steps == [0, 5, 10]
+  last = {r[0]: dict(zip(header, r)) for r in rows[1:] if int(r[1]) == 10}
+  assert set(last) == {'3', '4'}
+  # Costs: 8 queries a step; every response takes 1 to 2 tokens.
+  for row in last.values():
+    assert int(row['preference_queries']) == 80
+    assert 2 * 80 <= int(row['generated_tokens']) <= 2 * 80 * 2
+  # The exact metrics agree with the written policy, game and pi*_beta.
+  game = np.load(out / 'game.npz')
+  eq = np.load(out / 'equilibrium.npy')
+  from nash_jax.games import make_game
+  g = make_game(game['preferences'], game['ref_policy'],
+                game['context_weights'], dtype=jnp.float64)
+  np.testing.assert_allclose(
+      eq[0], reference.equilibrium(game['preferences'], game['ref_policy'],
+                                   0.1), atol=1e-10)
+  for i, seed in enumerate(('3', '4')):
+    kl = metrics.kl_to_equilibrium(jnp.log(final[i]), jnp.log(eq[i]), g)
+    np.testing.assert_allclose(float(kl),
+                               float(last[seed]['kl_to_equilibrium']),
+                               rtol=1e-3, atol=1e-6)
+  # The reference model starts every seed: step 0 has KL(pi* || pi_ref).
+  first = [dict(zip(header, r)) for r in rows[1:] if int(r[1]) == 0]
+  kl_ref = metrics.kl_to_equilibrium(jnp.log(g.ref_policy), jnp.log(eq[0]),
+                                     g)
+  for row in first:
+    np.testing.assert_allclose(float(row['kl_to_equilibrium']),
+                               float(kl_ref), rtol=1e-4)
+  samples = [json.loads(line) for line in
+             (out / 'samples.jsonl').read_text().splitlines()]
+  # 3 evaluations x 2 seeds x 2 prompts x 2 samples.
+  assert len(samples) == 24
+  assert {s['step'] for s in samples} == {0, 5, 10}
+  assert all(0 <= s['length'] <= 2 and s['log_prob'] <= 0 for s in samples)
+  config = json.loads((out / 'config.json').read_text())
+  assert config['algorithm'] == 'nash_prox' and config['d_model'] == 8
+  assert 'wrote' in proc.stdout
+
+
+def test_lm_game_file_is_read_by_matrix_game(lm_run, tmp_path):
+  out, _ = lm_run
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.matrix_game', '--game=file',
+       f'--game_file={out / "game.npz"}', '--algorithm=nash_mp',
+       '--num_steps=5', '--eval_every=5', f'--output_dir={tmp_path / "mg"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  eq = np.load(tmp_path / 'mg' / 'equilibrium.npy')[0]
+  np.testing.assert_allclose(eq, np.load(out / 'equilibrium.npy')[0],
+                             atol=1e-9)
+
+
+def test_lm_resume_after_sigkill_equals_uninterrupted(lm_run, tmp_path):
+  reference_out, _ = lm_run
+  killed = tmp_path / 'killed'
+  args = ['--algorithm=nash_prox', '--num_steps=10', '--anchor_every=4',
+          '--learning_rate=0.01', '--checkpoint_every=5']
+  cmd = [sys.executable, '-m', 'experiments.lm', f'--output_dir={killed}',
+         *TINY, *args]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 500
+  ckpt = killed / 'checkpoints'
+  while time.time() < deadline and proc.poll() is None and not (
+      ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir())):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'summary.json').exists()
+  done = _lm(killed, *args)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (killed / 'metrics.csv').read_text() == (
+      reference_out / 'metrics.csv').read_text()
+  for name in ('final_policy.npy', 'equilibrium.npy'):
+    np.testing.assert_array_equal(np.load(killed / name),
+                                  np.load(reference_out / name))
+  assert (killed / 'samples.jsonl').read_text() == (
+      reference_out / 'samples.jsonl').read_text()
+
+
+def test_lm_sweep_cell_equals_single_run(tmp_path):
+  args = ['--algorithm=online_ipo', '--num_steps=5', '--checkpoint_every=0']
+  sweep = _lm(tmp_path / 'sweep', *args, '--sweep=learning_rate=0.01,0.03')
+  assert sweep.returncode == 0, sweep.stderr[-2000:]
+  single = _lm(tmp_path / 'single', *args, '--learning_rate=0.03')
+  assert single.returncode == 0, single.stderr[-2000:]
+  cell = tmp_path / 'sweep' / 'learning_rate=0.03'
+  assert (cell / 'metrics.csv').read_text() == (
+      tmp_path / 'single' / 'metrics.csv').read_text()
+  np.testing.assert_array_equal(np.load(cell / 'final_policy.npy'),
+                                np.load(tmp_path / 'single' /
+                                        'final_policy.npy'))
+  assert (tmp_path / 'sweep' / 'sweep.csv').exists()
+
+
+@pytest.mark.parametrize('args,flag', [
+    (['--vocab_size=8', '--max_length=6'], 'max_length'),
+    (['--max_length=0'], 'max_length'),
+    (['--temperature=0'], 'temperature'),
+    (['--temperature=-1'], 'temperature'),
+    (['--mixture=1.5', '--algorithm=nash_md_pg'], 'mixture'),
+    (['--algorithm=nash_mp'], 'algorithm'),
+    (['--num_heads=3'], 'num_heads'),
+    (['--num_kv_heads=3', '--num_heads=4'], 'num_kv_heads'),
+    (['--dtype=float16'], 'dtype'),
+    (['--oracle=human'], 'oracle'),
+    (['--sweep=temperature=1,2'], 'sweep'),
+    (['--sharpness=1,2'], 'sharpness'),
+    (['--batch_size=0'], 'batch_size'),
+])
+def test_lm_refuses_bad_input_before_any_work(args, flag, tmp_path):
+  out = tmp_path / 'out'
+  proc = _lm(out, *args, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines == [lines[0]] and lines[0].startswith(f'error: --{flag}:'), \
+      proc.stderr
+  assert not out.exists()
