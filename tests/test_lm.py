@@ -432,3 +432,10 @@ def test_lm_refuses_bad_input_before_any_work(args, flag, tmp_path):
   assert lines == [lines[0]] and lines[0].startswith(f'error: --{flag}:'), \
       proc.stderr
   assert not out.exists()
+
+
+def test_transformer_defaults_to_adam_at_1e_4():
+  for name in ('online_ipo', 'nash_prox', 'nash_md_pg'):
+    config = algorithms_lib.resolve_config(
+        name, AlgorithmConfig(mode='sampled'), 4, 1, 'transformer')
+    assert (config.optimizer, config.learning_rate) == ('adam', 1e-4)
