@@ -71,14 +71,20 @@ class Batch(NamedTuple):
 
 
 def draw_batch(key, policy: Policy, env: Environment, env_params, params,
-               opponent_params, batch_size: int, mixture=0.0) -> Batch:
+               opponent_params, batch_size: int, mixture=None) -> Batch:
   """Samples ``B`` comparisons: ``x ~ rho``, ``y ~ pi_params``,
-  ``y' ~ pi_opponent`` (mixed with ``pi_ref`` by ``mixture``) and ``o``."""
+  ``y' ~ pi_opponent`` (mixed with ``pi_ref`` by ``mixture``, unless it is
+  None) and ``o``. The environment's reference is handed to the policy only
+  for a mixture, so that a sequence policy runs the reference model only
+  where it is needed."""
   x_key, y_key, opp_key, o_key = jax.random.split(key, 4)
   x = env.contexts(env_params, x_key, batch_size)
-  reference = env.reference(env_params)
-  responses = policy.sample(y_key, params, x, 0.0, reference)
-  opponents = policy.sample(opp_key, opponent_params, x, mixture, reference)
+  responses = policy.sample(y_key, params, x, 0.0, None)
+  if mixture is None:
+    opponents = policy.sample(opp_key, opponent_params, x, 0.0, None)
+  else:
+    opponents = policy.sample(opp_key, opponent_params, x, mixture,
+                              env.reference(env_params))
   outcomes = env.outcomes(env_params, o_key, x, responses, opponents)
   return Batch(x, responses, opponents, outcomes,
                env.ref_log_prob(env_params, x, responses),
@@ -92,7 +98,7 @@ def _sg(tree):
 def _make(name: str, config: AlgorithmConfig, policy: Policy,
           env: Environment, loss_fn: Callable, opponent: Callable,
           anchors: Callable | None = None, has_half: bool = False,
-          mixture=0.0) -> Algorithm:
+          mixture=None) -> Algorithm:
   """The shared skeleton of every sampled algorithm.
 
   Args:
@@ -107,7 +113,8 @@ def _make(name: str, config: AlgorithmConfig, policy: Policy,
       algorithm without anchors; anchors (and ``half`` with ``has_half``)
       start at the initial params.
     has_half: whether the state keeps half-step params.
-    mixture: mixture coefficient of ``pi_ref`` in the opponent's logits.
+    mixture: mixture coefficient of ``pi_ref`` in the opponent's logits,
+      or None for an opponent drawn from its own params.
   """
   optimizer = make_optimizer(config)
 
