@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import signal
 import sys
 
 import jax
@@ -124,6 +126,80 @@ def write_table(path: str, header: list[str], rows: list[list]) -> None:
     writer = csv.writer(out)
     writer.writerow(header)
     writer.writerows(rows)
+
+
+def flag_error_line(error: Exception, flag_values=None) -> str:
+  """The one ``--flag: what is wrong`` message of an absl flag-parse error
+  (an unknown flag, a missing value, a value of the wrong type) raised by
+  ``flag_values`` (default: ``flags.FLAGS``)."""
+  text = ' '.join(str(error).split())
+  if isinstance(error, flags.UnrecognizedFlagError):
+    name = error.flagname
+    hint = text.partition('. Did you mean: ')[2].rstrip(' ?')
+    return (f'--{name}: unknown flag' +
+            (f' (did you mean --{hint}?)' if hint else '') +
+            '; --help lists the flags')
+  missing = re.match(r'Missing value for flag --?([\w.-]+)', text)
+  if missing:
+    return f'--{missing.group(1)}: needs a value (--{missing.group(1)}=...)'
+  bad = re.match(r'flag --?([\w.-]+)=(.*?): (.*)', text)
+  if bad:
+    name, value, why = bad.groups()
+    kind = _flag_kind(name, flags.FLAGS if flag_values is None else
+                      flag_values)
+    if kind:
+      return f'--{name}: must be {kind}, got {value!r}'
+    return f'--{name}: {why} (got {value!r})'
+  return text
+
+
+def _flag_kind(name: str, flag_values) -> str | None:
+  """``'an integer'``, ``'a number'`` or ``'true or false'`` for flags of
+  those types."""
+  if name not in flag_values:
+    return None
+  parser = type(flag_values[name].parser).__name__
+  return {'IntegerParser': 'an integer', 'FloatParser': 'a number',
+          'BooleanParser': 'true or false'}.get(parser)
+
+
+def adopt_key_flags(module_name: str) -> None:
+  """Lists every flag defined by this module (the generated settings, the
+  multi-host flags) in ``module_name``'s ``--help``, as its own."""
+  here = flags.FLAGS.find_module_defining_flag
+  for name in list(flags.FLAGS):
+    if here(name) == __name__:
+      flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[name])
+
+
+HELP_FLAGS = {'--help', '-help', '-h', '-?', '--helpshort', '--helpfull',
+              '--helpxml'}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for ``app.run(main, flags_parser=parse_flags)``:
+  a parse error (unknown flag, missing or malformed value) is one
+  ``error: --flag: ...`` line and exit status 2, like every other refusal;
+  ``--help`` lists the binary's flags with the generated settings among
+  them."""
+  adopt_key_flags(argv[0] if argv else sys.argv[0])
+  signal.signal(signal.SIGINT, _interrupted)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(flag_error_line(e))
+  except SystemExit as e:  # absl's help flags print and exit 1; asked for
+    if e.code == 1 and HELP_FLAGS & set(argv[1:]):  # help, it is success.
+      sys.exit(0)
+    raise
+
+
+def _interrupted(signum, frame) -> None:
+  """Ctrl-C outside training (which checkpoints first, see
+  :class:`nash_jax.experiment.run.Preemption`): one line, status 130."""
+  print('stopped by SIGINT; rerun the same command to continue',
+        file=sys.stderr, flush=True)
+  sys.exit(130)
 
 
 def fail(message: str) -> None:

@@ -38,6 +38,7 @@ def main(argv):
   common.start_jax(flags.FLAGS.dtype)
   budget = flags.FLAGS.query_budget
   try:
+    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
     base = common.config_from_flags()
     names = flags.FLAGS.algorithms
     if base.mode == 'sampled' and flags.FLAGS['algorithms'].using_default_value:
@@ -54,6 +55,7 @@ def main(argv):
       if name == 'proximal_point':
         config = config.replace(eval_every=1)
       configs[name], file_game = experiment.validate(config)
+    experiment.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
     common.fail(str(e))
 
@@ -84,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

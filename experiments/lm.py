@@ -42,6 +42,7 @@ def main(argv):
   common.quiet_logs()
   common.start_jax(flags.FLAGS.dtype)
   try:
+    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
     config = common.config_from_settings(experiment.LMConfig,
                                          algorithm=flags.FLAGS.algorithm)
     cells = None
@@ -51,6 +52,7 @@ def main(argv):
       cells = experiment.validate_lm_sweep(config, grid)
     else:
       config = experiment.validate_lm(config)
+    experiment.lock_output_dir(config.output_dir)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   start = time.time()
@@ -77,4 +79,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

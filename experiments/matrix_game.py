@@ -38,12 +38,14 @@ def main(argv):
   common.quiet_logs()
   common.start_jax(flags.FLAGS.dtype)
   try:
+    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
     config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
     if flags.FLAGS.sweep:
       grid = experiment.parse_sweep(flags.FLAGS.sweep)
       cells, file_game = experiment.validate_sweep(config, grid)
     else:
       config, file_game = experiment.validate(config)
+    experiment.lock_output_dir(config.output_dir)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   if flags.FLAGS.sweep:
@@ -74,4 +76,4 @@ def run_sweep(config, cells, file_game):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -25,7 +25,7 @@ import jax
 from absl import app, flags
 
 from experiments import common
-from nash_jax import stability
+from nash_jax import experiment, stability
 from nash_jax.algorithms import ConfigError
 from nash_jax.figures.common import sampled_schedule
 
@@ -53,6 +53,7 @@ def _floats(flag):
                       f'{",".join(flags.FLAGS[flag].value)}') from None
   if not values:
     raise ConfigError(flag, 'must list at least one value')
+  experiment.check_distinct(flag, values)
   return values
 
 
@@ -63,6 +64,7 @@ def main(argv):
   f = flags.FLAGS
   common.start_jax(f.dtype)
   try:
+    experiment.lock_output_dir(f.output_dir, only_existing=True)
     if not f.algorithms:
       raise ConfigError('algorithms', 'must name at least one algorithm')
     if f.query_budget < 1:
@@ -81,6 +83,7 @@ def main(argv):
       steps = every * math.ceil(steps / every)
     base = base.replace(num_steps=steps, eval_every=every)
     plan = stability.validate(base, study)
+    experiment.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
     common.fail(str(e))
   start = time.time()
@@ -102,4 +105,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -12,6 +12,7 @@ keeping the last few, with the run's resolved config as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +29,61 @@ RESUMABLE_CHANGES = ('num_steps', 'output_dir', 'checkpoint_every',
 
 
 class CheckpointMismatch(ValueError):
-  """The checkpoints in a directory belong to a run with other settings."""
+  """The checkpoints in a directory belong to a run with other settings
+  (``flag``: the flag the message is about)."""
+
+  def __init__(self, message: str, flag: str = 'overwrite'):
+    super().__init__(message)
+    self.flag = flag
+
+
+class ChecksumMismatch(ValueError):
+  """A checkpoint's data does not match the checksum saved with it."""
+
+
+def checksum(tree: dict) -> np.ndarray:
+  """SHA-256 of every array of a checkpoint tree (paths, dtypes, shapes and
+  bytes, in sorted path order; ``'checksum'`` itself excluded), as 32
+  ``uint8``."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(_leaves(tree)):
+    if path == 'checksum':
+      continue
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f'{path}|{a.dtype.str}|{a.shape}|'.encode())
+    digest.update(a.tobytes())
+  return np.frombuffer(digest.digest(), np.uint8).copy()
+
+
+def _leaves(tree, prefix: str = ''):
+  """``(path, leaf)`` of a nested dict of arrays, paths joined by ``/``."""
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _leaves(v, f'{prefix}/{k}' if prefix else str(k))
+  else:
+    yield prefix, tree
+
+
+def verify(tree: dict) -> None:
+  """Checks a restored tree against its saved checksum (checkpoints of
+  older versions carry none and are taken as they are).
+
+  Raises:
+    ChecksumMismatch: the data changed since it was saved.
+  """
+  if 'checksum' not in tree:
+    return
+  saved = np.asarray(tree['checksum'], np.uint8)
+  if not np.array_equal(saved, checksum(tree)):
+    raise ChecksumMismatch('checksum mismatch: the data changed after it '
+                           'was saved')
+
+
+def steps_on_disk(path: str) -> list[int]:
+  """The steps of the finished checkpoints in a checkpoint directory."""
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit())
 
 
 def directory(output_dir: str) -> str:
@@ -61,15 +116,39 @@ class Checkpointer:
     return self._manager
 
   def saved_config(self) -> dict | None:
+    """The settings the checkpoints were saved with; None if there are
+    none. An unreadable ``config.json`` makes every checkpoint beside it
+    unverifiable: the directory is set aside (see :meth:`_set_all_aside`)
+    and the run starts over."""
     path = os.path.join(self.path, 'config.json')
     if not os.path.exists(path):
       return None
-    with open(path) as f:
-      return json.load(f)
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      if not isinstance(saved, dict):
+        raise ValueError(f'expected a JSON object, got {type(saved).__name__}')
+      return saved
+    except (OSError, ValueError) as e:
+      self._set_all_aside(f'{path} is unreadable ({type(e).__name__}: '
+                          f'{" ".join(str(e).split())[:120]})')
+      return None
 
-  def check(self, overwrite: bool) -> None:
+  def _set_all_aside(self, why: str) -> None:
+    """Renames the checkpoint directory to ``checkpoints.damaged`` (one
+    warning line) so that the run starts over beside it."""
+    self.close()
+    target = self.path + '.damaged'
+    logging.warning('%s; moved %s to %s, starting over', why, self.path,
+                    target)
+    if jax.process_index() == 0:
+      shutil.rmtree(target, ignore_errors=True)
+      os.replace(self.path, target)
+
+  def check(self, overwrite: bool, num_steps: int | None = None) -> None:
     """Refuses checkpoints of different settings, or deletes them with
-    ``overwrite``. Runs before any work."""
+    ``overwrite``; refuses checkpoints past ``num_steps`` (a resumed run
+    would record more steps than asked for). Runs before any work."""
     saved = self.saved_config()
     if saved is None:
       return
@@ -81,6 +160,13 @@ class Checkpointer:
     if diff or overwrite:
       if jax.process_index() == 0:
         shutil.rmtree(self.path, ignore_errors=True)
+      return
+    done = steps_on_disk(self.path)
+    if num_steps is not None and done and done[-1] > num_steps:
+      raise CheckpointMismatch(
+          f'{num_steps} is fewer steps than the {done[-1]} already done in '
+          f'{self.path}; give --num_steps >= {done[-1]} to continue that '
+          'run, or --overwrite to start over', flag='num_steps')
 
   def save(self, done: int, state, rows: list[dict]) -> None:
     """Saves the host ``state`` (real seeds), ``rows`` and ``done``."""
@@ -100,6 +186,7 @@ class Checkpointer:
                  for k in rows[0]},
         'done': np.int64(done),
     }
+    tree['checksum'] = checksum(tree)
     manager.save(done, args=ocp.args.StandardSave(tree), force=True)
     manager.wait_until_finished()
 
@@ -115,6 +202,7 @@ class Checkpointer:
     for step in sorted(self._open().all_steps(), reverse=True):
       try:
         tree = self._open().restore(step, args=ocp.args.StandardRestore())
+        verify(tree)
         leaves = [tree['state'][str(i)] for i in range(treedef.num_leaves)]
         state = jax.tree.unflatten(treedef, leaves)
         names = list(tree['rows'])

@@ -995,12 +995,14 @@ BAD_FILES = [
     ('weights_sum.npz', ['context_weights', 'sum to 1']),
 ]
 
-# absl's own flag-parsing errors: a non-zero exit status and no traceback.
+# Flag-parse errors: one `error: --flag: ...` line and exit status 2.
 ABSL_REFUSED = [
-    ('not_an_int', ['--num_steps=abc'], 'num_steps'),
-    ('not_a_float', ['--beta=x'], 'beta'),
-    ('fraction', ['--num_seeds=1.5'], 'num_seeds'),
-    ('unknown_flag', ['--no_such_flag=1'], 'no_such_flag'),
+    ('not_an_int', ['--num_steps=abc'], '--num_steps: must be an integer'),
+    ('huge', ['--num_steps=1e308'], '--num_steps: must be an integer'),
+    ('not_a_float', ['--beta=x'], '--beta: must be a number'),
+    ('fraction', ['--num_seeds=1.5'], '--num_seeds: must be an integer'),
+    ('unknown_flag', ['--no_such_flag=1'], '--no_such_flag: unknown flag'),
+    ('no_value', ['--num_steps'], '--num_steps: needs a value'),
 ]
 
 
@@ -1044,7 +1046,7 @@ def test_bad_game_file_is_refused(runner, bad_files, tmp_path, file_name,
 def test_unparsable_flags_are_refused(runner, tmp_path, name, args, flag):
   out = tmp_path / 'out'
   run = runner.run(MATRIX_GAME, [f'--output_dir={out}', *MG_TINY, *args])
-  check_refused(run, out, expected_code=None, must_contain=[flag])
+  check_refused(run, out, must_contain=[f'error: {flag}'])
 
 
 @uses(lambda: ['single/nash_mp'])

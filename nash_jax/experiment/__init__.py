@@ -50,9 +50,11 @@ from nash_jax.experiment.inputs import (
 )
 from nash_jax.experiment.results import (
   LMResults,
+  OutputLock,
   Results,
   atomic_write,
   format_table,
+  lock_output_dir,
   manifest,
   metric_columns,
   summary,
@@ -66,6 +68,8 @@ from nash_jax.experiment.results import (
 from nash_jax.experiment.run import run, run_lm, run_sweep
 from nash_jax.experiment.sweep import (
   cell_name,
+  check_distinct,
+  format_value,
   parse_sweep,
   sweep_cells,
   sweep_checkpoint_config,

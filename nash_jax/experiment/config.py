@@ -24,6 +24,7 @@ import numpy as np
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import policies as policies_lib
+from nash_jax import reference
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.environments.tabular import ORACLES
 from nash_jax.environments.tokens import (
@@ -135,13 +136,18 @@ MAX_SEED = 2 ** 31 - 1
 
 
 def check_output_dir(path: str, flag: str = 'output_dir') -> None:
-  """Refuses an output directory that could not be created or written."""
+  """Refuses an output directory that could not be created or written,
+  by creating it and writing a probe file there (both removed again, so
+  that a refusal leaves nothing behind)."""
   if not path:
     raise ConfigError(flag, 'must not be empty')
+  if os.path.islink(path) and not os.path.exists(path):
+    raise ConfigError(flag, f'{path} is a symbolic link to '
+                      f'{os.readlink(path)}, which does not exist')
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(flag, f'{path} exists and is not a directory')
   ancestor = os.path.abspath(path)
-  while not os.path.exists(ancestor):
+  while not os.path.lexists(ancestor):
     ancestor = os.path.dirname(ancestor)
   if not os.path.isdir(ancestor):
     raise ConfigError(flag, f'{path} cannot be created: {ancestor} is not a '
@@ -149,6 +155,51 @@ def check_output_dir(path: str, flag: str = 'output_dir') -> None:
   if not os.access(ancestor, os.W_OK | os.X_OK):
     raise ConfigError(flag, f'{path} cannot be written: no permission in '
                       f'{ancestor}')
+  try:
+    probe_writable(path)
+  except OSError as e:
+    raise ConfigError(flag, f'{path} cannot be written: '
+                      f'{e.strerror or e}') from None
+
+
+def probe_writable(path: str) -> None:
+  """Creates ``path`` (and missing parents), writes and removes a probe
+  file in it, then removes the directories it created.
+
+  Raises:
+    OSError: what the file system said.
+  """
+  missing, head = [], os.path.abspath(path)
+  while not os.path.lexists(head):
+    missing.append(head)
+    head = os.path.dirname(head)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f'.write_probe_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('probe\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  finally:
+    for directory in missing:  # Deepest first.
+      try:
+        os.rmdir(directory)
+      except OSError:
+        pass
+
+
+def check_x64(dtype: str) -> None:
+  """Refuses float64 when JAX computes in float32 (x64 mode off), which
+  would record ``"dtype": "float64"`` for float32 results.
+
+  Raises:
+    ConfigError: naming ``--dtype`` and the two ways out.
+  """
+  if dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ConfigError('dtype', "float64 needs JAX's x64 mode: call "
+                      "jax.config.update('jax_enable_x64', True) before any "
+                      'array is made (the binaries do), or use float32')
 
 
 def _positive_int(config, flag, minimum):
@@ -174,6 +225,7 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   if config.dtype not in DTYPES:
     raise ConfigError('dtype', f'must be one of {", ".join(DTYPES)}, got '
                       f'{config.dtype!r}')
+  check_x64(config.dtype)
   if config.ref_policy not in REF_POLICIES:
     raise ConfigError('ref_policy', f'must be one of {", ".join(REF_POLICIES)}'
                       f', got {config.ref_policy!r}')
@@ -233,14 +285,16 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
       config.algorithm, config.algorithm_config(), config.num_contexts,
       feature_dim, config.policy)
   algorithms_lib.validate_config(config.algorithm, alg_config, config.policy)
+  if reference.check_beta(config.beta):
+    raise ConfigError('beta', reference.check_beta(config.beta))
   config = config.replace(**{
       k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
                                           'inner_steps', 'optimizer')})
   try:
     checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
-        config)).check(config.overwrite)
+        config)).check(config.overwrite, config.num_steps)
   except checkpoint_lib.CheckpointMismatch as e:
-    raise ConfigError('overwrite', str(e)) from None
+    raise ConfigError(e.flag, str(e)) from None
   return config, file_game
 
 
@@ -386,8 +440,7 @@ def validate_lm(config):
   if config.dtype not in LM_DTYPES:
     raise ConfigError('dtype', f'must be one of {", ".join(LM_DTYPES)}, got '
                       f'{config.dtype!r}')
-  if config.dtype == 'float64' and not jax.config.jax_enable_x64:
-    raise ConfigError('dtype', 'float64 needs jax_enable_x64')
+  check_x64(config.dtype)
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
                         ('seed_block', 1), ('checkpoint_every', 0),
                         ('keep_checkpoints', 1), ('num_samples', 0),
@@ -421,12 +474,14 @@ def validate_lm(config):
       config.algorithm, config.algorithm_config(), config.num_prompts, 1,
       'transformer')
   algorithms_lib.validate_config(config.algorithm, alg_config, 'transformer')
+  if reference.check_beta(config.beta):
+    raise ConfigError('beta', reference.check_beta(config.beta))
   config = config.replace(**{
       k: getattr(alg_config, k) for k in ('eta', 'learning_rate',
                                           'inner_steps', 'optimizer')})
   try:
     checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
-        config)).check(config.overwrite)
+        config)).check(config.overwrite, config.num_steps)
   except checkpoint_lib.CheckpointMismatch as e:
-    raise ConfigError('overwrite', str(e)) from None
+    raise ConfigError(e.flag, str(e)) from None
   return config

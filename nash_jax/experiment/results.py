@@ -10,8 +10,11 @@ directory without it is not a finished result); ``sweep.csv`` for sweeps.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import resource
@@ -23,6 +26,7 @@ import jax
 import numpy as np
 
 from nash_jax import metrics as metrics_lib
+from nash_jax.algorithms import ConfigError
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.experiment.config import ExperimentConfig
 from nash_jax.experiment.sweep import cell_name
@@ -70,6 +74,95 @@ def write_npy(path: str, array) -> None:
     with open(tmp, 'wb') as f:
       np.save(f, array)
   atomic_write(path, write)
+
+
+LOCK_NAME = '.lock'
+
+
+class OutputLock:
+  """An exclusive lock on an output directory (``OUTPUT_DIR/.lock``, an
+  ``flock`` held by this process, the file holding its process id), so
+  that two runs never write one directory at once. The kernel drops the
+  lock when the process dies, however it dies; :meth:`release` also
+  removes the file."""
+
+  def __init__(self, output_dir: str):
+    self.path = os.path.join(output_dir, LOCK_NAME)
+    self.fd = None
+
+  def acquire(self) -> 'OutputLock':
+    """Takes the lock or refuses.
+
+    Raises:
+      ConfigError: naming ``--output_dir`` and the process holding it.
+    """
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+          raise
+        holder = lock_holder(self.path)
+        raise ConfigError('output_dir', f'{os.path.dirname(self.path)} is in '
+                          f'use by another run (process {holder}); wait for '
+                          'it to end or choose another --output_dir') from None
+      # The holder may have removed the file between our open and flock.
+      if (os.path.exists(self.path) and
+          os.stat(self.path).st_ino == os.fstat(fd).st_ino):
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f'{os.getpid()}\n'.encode())
+    self.fd = fd
+    return self
+
+  def release(self) -> None:
+    if self.fd is None:
+      return
+    try:
+      os.remove(self.path)
+    except OSError:
+      pass
+    os.close(self.fd)
+    self.fd = None
+
+
+def lock_holder(path: str) -> str:
+  """The process id written in a lock file (``'unknown'`` if unreadable)."""
+  try:
+    with open(path) as f:
+      return f.read().strip() or 'unknown'
+  except OSError:
+    return 'unknown'
+
+
+_HELD = {}
+
+
+def lock_output_dir(output_dir: str,
+                    only_existing: bool = False) -> OutputLock | None:
+  """Locks ``output_dir`` for the rest of this process (process 0 only;
+  released at exit; a second call for the same directory is a no-op).
+
+  The binaries call it twice: with ``only_existing`` first, before
+  validation (which deletes checkpoints with ``--overwrite``), without
+  creating the directory; then after validation, before any work.
+
+  Raises:
+    ConfigError: another run holds it (see :class:`OutputLock`).
+  """
+  key = os.path.abspath(output_dir)
+  if jax.process_index() != 0 or key in _HELD:
+    return _HELD.get(key)
+  if only_existing and not os.path.isdir(output_dir):
+    return None
+  lock = OutputLock(output_dir).acquire()
+  _HELD[key] = lock
+  atexit.register(lock.release)
+  return lock
 
 
 def metric_columns(rows) -> list[str]:

@@ -7,6 +7,9 @@ metrics, checkpoints and bit-exact resume.
 from __future__ import annotations
 
 import functools
+import signal
+import sys
+import threading
 import time
 from typing import Callable
 
@@ -78,6 +81,45 @@ def _tile(tree, times: int):
                       tree)
 
 
+SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}
+
+
+class Preemption:
+  """Notes SIGTERM (what clusters and TPU preemption send) and SIGINT
+  (Ctrl-C) during training, to be acted on at the next chunk boundary: a
+  context manager that installs the handlers (main thread only) and
+  restores the previous ones. A second signal stops at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:  # Asked twice: stop now.
+      sys.exit(128 + signum)
+    self.signum = signum
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in SIGNAL_NAMES:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+
+def stop_line(algorithm: str, signum: int, done: int,
+              path: str | None) -> str:
+  """The one line printed when a signal stops a run at a chunk boundary."""
+  where = (f'checkpoint of step {done} in {path}; rerun the same command to '
+           'resume' if path else 'no checkpoint (--checkpoint_every=0)')
+  return (f'[{algorithm}] {SIGNAL_NAMES[signum]}: stopped at step {done}, '
+          f'{where}')
+
+
 def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
                    env_params, eval_data, hyper: dict, *, shared: bool,
                    output_dir: str, checkpoint_config: dict,
@@ -130,24 +172,37 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
       writer.append(row)
 
   saved = {'done': first_step}
+  preemption = Preemption()
 
   def on_chunk(get_state, rows, done):
     period = checkpoint_every
-    if checkpointer and done // period > saved['done'] // period:
-      checkpointer.save(done, get_state(), rows)
+    stop = preemption.signum
+    if checkpointer and (stop or done // period > saved['done'] // period):
+      if done != saved['done']:
+        checkpointer.save(done, get_state(), rows)
       saved['done'] = done
+    if stop:
+      if writer:
+        writer.close()
+      if checkpointer:
+        checkpointer.close()
+      if jax.process_index() == 0:
+        print(stop_line(config.algorithm, stop, done, checkpointer and
+                        checkpointer.path), file=sys.stderr, flush=True)
+      sys.exit(128 + stop)
 
   if writer:
     writer.start(resume[1] if resume else [])
-  state, rows = train_lib.train(
-      make, evaluate, run_keys, env_params, eval_data,
-      hyper=hyper, num_steps=config.num_steps, eval_every=config.eval_every,
-      shared=shared, first_seed=config.seed,
-      seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
-      mesh=train_lib.seed_mesh(config.num_devices),
-      resume=resume,
-      until=None if query_budget is None else
-      lambda row: np.min(row['preference_queries']) >= query_budget)
+  with preemption:
+    state, rows = train_lib.train(
+        make, evaluate, run_keys, env_params, eval_data,
+        hyper=hyper, num_steps=config.num_steps,
+        eval_every=config.eval_every, shared=shared, first_seed=config.seed,
+        seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
+        mesh=train_lib.seed_mesh(config.num_devices),
+        resume=resume,
+        until=None if query_budget is None else
+        lambda row: np.min(row['preference_queries']) >= query_budget)
   if writer:
     writer.close()
   if boards:

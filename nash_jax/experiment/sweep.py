@@ -44,12 +44,39 @@ def parse_sweep(specs: list[str],
     except ValueError:
       raise ConfigError('sweep', f'{name} values must be numbers, got '
                         f'{values!r}') from None
+    check_distinct('sweep', grid[name], name)
   return grid
 
 
+def check_distinct(flag: str, values, name: str | None = None) -> None:
+  """Refuses a list of swept values with one value twice (two cells would
+  share a directory).
+
+  Raises:
+    ConfigError: naming ``flag`` (and the swept ``name``) and the repeated
+      value.
+  """
+  seen = []
+  for v in values:
+    if v in seen:
+      prefix = f'{name} ' if name else ''
+      raise ConfigError(flag, f'{prefix}lists {format_value(v)} twice; each '
+                        'value makes one cell')
+    seen.append(v)
+
+
+def format_value(v: float) -> str:
+  """A swept value as text that reads back to the same float: the short
+  ``%g`` form when it is exact (``0.1``, ``1e-05``), else the shortest
+  round-trip form (``0.1000001``)."""
+  short = f'{v:g}'
+  return short if float(short) == v else repr(float(v))
+
+
 def cell_name(values: dict) -> str:
-  """A sweep cell's directory name, e.g. ``beta=0.1_learning_rate=0.01``."""
-  return '_'.join(f'{k}={v:g}' for k, v in values.items())
+  """A sweep cell's directory name, e.g. ``beta=0.1_learning_rate=0.01``;
+  distinct values always give distinct names (see :func:`format_value`)."""
+  return '_'.join(f'{k}={format_value(v)}' for k, v in values.items())
 
 
 def sweep_cells(config: ExperimentConfig, grid: dict[str, list[float]]):
@@ -89,6 +116,8 @@ def validate_lm_sweep(config, grid: dict[str, list[float]]):
 
 
 def _validate_cells(config, grid, validate_cell, maker):
+  for name, values in grid.items():
+    check_distinct('sweep', values, name)
   cells = []
   for values, cell in sweep_cells(config, grid):
     try:
@@ -105,9 +134,9 @@ def _validate_cells(config, grid, validate_cell, maker):
     raise ConfigError('sweep', 'cells differ in more than swept values')
   try:
     checkpoint_lib.Checkpointer(config.output_dir, sweep_checkpoint_config(
-        [c for _, c in cells])).check(config.overwrite)
+        [c for _, c in cells])).check(config.overwrite, config.num_steps)
   except checkpoint_lib.CheckpointMismatch as e:
-    raise ConfigError('overwrite', str(e)) from None
+    raise ConfigError(e.flag, str(e)) from None
   return cells
 
 
