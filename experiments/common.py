@@ -7,11 +7,14 @@ import os
 import re
 import signal
 import sys
+import time
+from typing import Callable
 
 import jax
+import numpy as np
 from absl import flags
 
-from nash_jax import algorithms
+from nash_jax import algorithms, experiment
 from nash_jax.algorithms import ConfigError
 from nash_jax.experiment import ExperimentConfig
 from nash_jax.games import GameFileError
@@ -211,3 +214,21 @@ def fail(message: str) -> None:
 USER_ERRORS = (ConfigError, GameFileError)
 ALGORITHM_NAMES = algorithms.ALGORITHM_NAMES
 SAMPLED_ALGORITHM_NAMES = algorithms.SAMPLED_ALGORITHM_NAMES
+
+
+def report_sweep(cells, results, output_dir: str, start: float,
+                 write: Callable) -> None:
+  """Writes every cell's results (``write(result)``) and
+  ``OUTPUT_DIR/sweep.csv``, and prints one line per cell (mean and median
+  final ``kl_to_equilibrium``) and where the files went."""
+  for res in results:
+    write(res)
+  path = experiment.write_sweep_table(cells, results, output_dir)
+  if jax.process_index() == 0:
+    for (values, _), res in zip(cells, results):
+      last = res.rows[-1]
+      print(f'{experiment.cell_name(values):<40} kl_to_equilibrium mean '
+            f'{np.mean(last["kl_to_equilibrium"]):.3e} median '
+            f'{np.median(last["kl_to_equilibrium"]):.3e}')
+    print(f'wrote {path} and {len(cells)} cell directories '
+          f'({time.time() - start:.1f}s)')

@@ -13,7 +13,6 @@ evaluation and a final table.
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from experiments import common
@@ -62,17 +61,8 @@ def run_sweep(config, cells, file_game):
   results = experiment.run_sweep([c for _, c in cells], config.output_dir,
                                  file_game,
                                  checkpoint_every=config.checkpoint_every)
-  for res in results:
-    experiment.write_results(res)
-  path = experiment.write_sweep_table(cells, results, config.output_dir)
-  if jax.process_index() == 0:
-    for (values, _), res in zip(cells, results):
-      last = res.rows[-1]
-      print(f'{experiment.cell_name(values):<40} kl_to_equilibrium mean '
-            f'{np.mean(last["kl_to_equilibrium"]):.3e} median '
-            f'{np.median(last["kl_to_equilibrium"]):.3e}')
-    print(f'wrote {path} and {len(cells)} cell directories '
-          f'({time.time() - start:.1f}s)')
+  common.report_sweep(cells, results, config.output_dir, start,
+                       experiment.write_results)
 
 
 if __name__ == '__main__':

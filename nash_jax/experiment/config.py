@@ -208,6 +208,51 @@ def _positive_int(config, flag, minimum):
     raise ConfigError(flag, f'must be >= {minimum}, got {value}')
 
 
+def _check_dtype(config, dtypes) -> None:
+  if config.dtype not in dtypes:
+    raise ConfigError('dtype', f'must be one of {", ".join(dtypes)}, got '
+                      f'{config.dtype!r}')
+  check_x64(config.dtype)
+
+
+def _check_seed(config) -> None:
+  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
+    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
+                      f'{config.seed}')
+
+
+def _check_outputs(config) -> None:
+  """The run's outputs: a writable directory, TensorBoard if asked for, and
+  devices that exist."""
+  check_output_dir(config.output_dir)
+  if config.tensorboard:
+    try:
+      import tensorboardX  # noqa: F401
+    except ImportError:
+      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
+                        'install "nash_jax[tensorboard]"') from None
+  if config.num_devices is not None and not (
+      1 <= config.num_devices <= jax.device_count()):
+    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
+                      f'(the devices JAX sees), got {config.num_devices}')
+
+
+def _resolved(config, alg_config, fields):
+  """``config`` with the algorithm's resolved defaults (``fields`` of
+  ``alg_config``), after the last checks: ``beta`` within the reference
+  solver's reach, and checkpoints in the output directory that this run
+  may resume."""
+  if reference.check_beta(config.beta):
+    raise ConfigError('beta', reference.check_beta(config.beta))
+  config = config.replace(**{k: getattr(alg_config, k) for k in fields})
+  try:
+    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
+        config)).check(config.overwrite, config.num_steps)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise ConfigError(e.flag, str(e)) from None
+  return config
+
+
 def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   """Checks every setting; returns the resolved config and the file's game.
 
@@ -222,10 +267,7 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   if config.game not in GAMES:
     raise ConfigError('game', f'unknown game {config.game!r}; expected one of '
                       f'{", ".join(GAMES)}')
-  if config.dtype not in DTYPES:
-    raise ConfigError('dtype', f'must be one of {", ".join(DTYPES)}, got '
-                      f'{config.dtype!r}')
-  check_x64(config.dtype)
+  _check_dtype(config, DTYPES)
   if config.ref_policy not in REF_POLICIES:
     raise ConfigError('ref_policy', f'must be one of {", ".join(REF_POLICIES)}'
                       f', got {config.ref_policy!r}')
@@ -238,23 +280,11 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     raise ConfigError('feature_dim', f'--game={config.game} draws preferences '
                       f'from the features, so needs >= 1, got '
                       f'{config.feature_dim}')
-  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
-    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
-                      f'{config.seed}')
+  _check_seed(config)
   if config.game_seed is not None and not 0 <= config.game_seed <= MAX_SEED:
     raise ConfigError('game_seed', f'must be in [0, 2^31 - 1], got '
                       f'{config.game_seed}')
-  check_output_dir(config.output_dir)
-  if config.tensorboard:
-    try:
-      import tensorboardX  # noqa: F401
-    except ImportError:
-      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
-                        'install "nash_jax[tensorboard]"') from None
-  if config.num_devices is not None and not (
-      1 <= config.num_devices <= jax.device_count()):
-    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
-                      f'(the devices JAX sees), got {config.num_devices}')
+  _check_outputs(config)
   file_game = None
   if config.game == 'file':
     if not config.game_file:
@@ -285,17 +315,9 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
       config.algorithm, config.algorithm_config(), config.num_contexts,
       feature_dim, config.policy)
   algorithms_lib.validate_config(config.algorithm, alg_config, config.policy)
-  if reference.check_beta(config.beta):
-    raise ConfigError('beta', reference.check_beta(config.beta))
-  config = config.replace(**{
-      k: getattr(alg_config, k) for k in ('eta', 'learning_rate', 'inner_eta',
-                                          'inner_steps', 'optimizer')})
-  try:
-    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
-        config)).check(config.overwrite, config.num_steps)
-  except checkpoint_lib.CheckpointMismatch as e:
-    raise ConfigError(e.flag, str(e)) from None
-  return config, file_game
+  return _resolved(config, alg_config, ('eta', 'learning_rate', 'inner_eta',
+                                         'inner_steps', 'optimizer')), \
+      file_game
 
 
 # Numeric hyperparameters passed to the compiled step as runtime values, so
@@ -437,18 +459,13 @@ def validate_lm(config):
   if config.algorithm not in names:
     raise ConfigError('algorithm', f'{config.algorithm!r} does not run on a '
                       f'language model; expected one of {", ".join(names)}')
-  if config.dtype not in LM_DTYPES:
-    raise ConfigError('dtype', f'must be one of {", ".join(LM_DTYPES)}, got '
-                      f'{config.dtype!r}')
-  check_x64(config.dtype)
+  _check_dtype(config, LM_DTYPES)
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
                         ('seed_block', 1), ('checkpoint_every', 0),
                         ('keep_checkpoints', 1), ('num_samples', 0),
                         ('model_seed', 0)):
     _positive_int(config, flag, minimum)
-  if not 0 <= config.seed <= MAX_SEED - config.num_seeds + 1:
-    raise ConfigError('seed', f'must be in [0, 2^31 - num_seeds], got '
-                      f'{config.seed}')
+  _check_seed(config)
   if not (math.isfinite(config.temperature) and config.temperature > 0):
     raise ConfigError('temperature', f'must be a finite number > 0, got '
                       f'{config.temperature}')
@@ -457,31 +474,12 @@ def validate_lm(config):
                       f'one of {", ".join(ORACLES)}')
   check_spec(config.spec())
   validate_transformer_config(config.transformer_config())
-  check_output_dir(config.output_dir)
-  if config.tensorboard:
-    try:
-      import tensorboardX  # noqa: F401
-    except ImportError:
-      raise ConfigError('tensorboard', 'needs the tensorboardX package: pip '
-                        'install "nash_jax[tensorboard]"') from None
-  if config.num_devices is not None and not (
-      1 <= config.num_devices <= jax.device_count()):
-    raise ConfigError('num_devices', f'must be in [1, {jax.device_count()}] '
-                      f'(the devices JAX sees), got {config.num_devices}')
+  _check_outputs(config)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
   alg_config = algorithms_lib.resolve_config(
       config.algorithm, config.algorithm_config(), config.num_prompts, 1,
       'transformer')
   algorithms_lib.validate_config(config.algorithm, alg_config, 'transformer')
-  if reference.check_beta(config.beta):
-    raise ConfigError('beta', reference.check_beta(config.beta))
-  config = config.replace(**{
-      k: getattr(alg_config, k) for k in ('eta', 'learning_rate',
-                                          'inner_steps', 'optimizer')})
-  try:
-    checkpoint_lib.Checkpointer(config.output_dir, dataclasses.asdict(
-        config)).check(config.overwrite, config.num_steps)
-  except checkpoint_lib.CheckpointMismatch as e:
-    raise ConfigError(e.flag, str(e)) from None
-  return config
+  return _resolved(config, alg_config, ('eta', 'learning_rate',
+                                         'inner_steps', 'optimizer'))

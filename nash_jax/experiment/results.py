@@ -269,10 +269,12 @@ def json_safe(obj):
   return obj
 
 
-def write_results(results: Results, output_dir: str | None = None) -> None:
+def write_results(results: Results, output_dir: str | None = None,
+                  extra: Callable[[Callable[[str], str]], None] | None = None
+                  ) -> None:
   """Writes config.json, metrics.csv, final_policy.npy, equilibrium.npy,
-  manifest.json and summary.json (last) into ``output_dir``; only process 0
-  writes."""
+  then ``extra(join)`` (more files of a kind of run), manifest.json and
+  summary.json (last) into ``output_dir``; only process 0 writes."""
   if jax.process_index() != 0:
     return
   output_dir = output_dir or results.config.output_dir
@@ -287,6 +289,8 @@ def write_results(results: Results, output_dir: str | None = None) -> None:
             _csv_records(results.rows, results.config, columns))
   write_npy(join('final_policy.npy'), results.final_policy)
   write_npy(join('equilibrium.npy'), results.equilibrium)
+  if extra is not None:
+    extra(join)
   write_json(join('manifest.json'), manifest(results))
   write_json(join('summary.json'), summary(results))
 
@@ -429,31 +433,16 @@ def sample_records(results: LMResults):
 
 
 def write_lm_results(results: LMResults, output_dir: str | None = None):
-  """Writes a language-model run: config.json, metrics.csv, samples.jsonl,
-  final_policy.npy ``[S, X, N]``, responses.npy ``[N, L]``,
-  equilibrium.npy ``[S, X, N]``, game.npz (the induced game in the
-  game-file format: ``preferences``, ``ref_policy``, ``context_weights``),
-  manifest.json and summary.json (last); only process 0 writes."""
-  if jax.process_index() != 0:
-    return
-  output_dir = output_dir or results.config.output_dir
-  os.makedirs(output_dir, exist_ok=True)
-  join = lambda name: os.path.join(output_dir, name)
-  if os.path.exists(join('summary.json')):
-    os.remove(join('summary.json'))
-  write_json(join('config.json'), dataclasses.asdict(results.config))
-  columns = metric_columns(results.rows)
-  write_csv(join('metrics.csv'), ['seed'] + columns,
-            _csv_records(results.rows, results.config, columns))
+  """Writes a language-model run: the files of :func:`write_results`
+  (``final_policy.npy`` and ``equilibrium.npy`` are ``[S, X, N]`` over the
+  listed responses) and samples.jsonl, responses.npy ``[N, L]`` and game.npz
+  (the induced game in the game-file format: ``preferences``,
+  ``ref_policy``, ``context_weights``)."""
 
   def write_jsonl(tmp):
     with open(tmp, 'w') as f:
       for record in sample_records(results):
         f.write(json.dumps(record) + '\n')
-  atomic_write(join('samples.jsonl'), write_jsonl)
-  write_npy(join('final_policy.npy'), results.final_policy)
-  write_npy(join('equilibrium.npy'), results.equilibrium)
-  write_npy(join('responses.npy'), results.responses)
 
   def write_game(tmp):
     with open(tmp, 'wb') as f:
@@ -462,6 +451,10 @@ def write_lm_results(results: LMResults, output_dir: str | None = None):
                ref_policy=np.asarray(results.game.ref_policy, np.float64),
                context_weights=np.asarray(results.game.context_weights,
                                           np.float64))
-  atomic_write(join('game.npz'), write_game)
-  write_json(join('manifest.json'), manifest(results))
-  write_json(join('summary.json'), summary(results))
+
+  def extra(join):
+    atomic_write(join('samples.jsonl'), write_jsonl)
+    write_npy(join('responses.npy'), results.responses)
+    atomic_write(join('game.npz'), write_game)
+
+  write_results(results, output_dir, extra)
