@@ -59,6 +59,22 @@ def config_from_settings(config_class, **overrides):
   return config_class(**values)
 
 
+def explicit_settings(config_class) -> list[str]:
+  """The settings of ``config_class`` given on the command line (not left
+  at their defaults), in declaration order."""
+  return [f.name for f in settings_of(config_class)
+          if f.name in flags.FLAGS and flags.FLAGS[f.name].present]
+
+
+def renamed(error: Exception, names: dict[str, str]) -> Exception:
+  """``error`` naming the flag the user typed: a binary whose flag feeds a
+  setting of another name (``--algorithms`` -> ``algorithm``) passes
+  ``{setting: flag}``."""
+  if getattr(error, 'flag', None) not in names:
+    return error
+  return ConfigError(names[error.flag], str(error).partition(': ')[2])
+
+
 def define_flags(**defaults) -> None:
   """Defines the flags of :class:`ExperimentConfig` (except ``algorithm``,
   which each binary defines its way), generated from its settings, with
@@ -111,9 +127,30 @@ def start_jax(dtype: str) -> None:
 
 
 def quiet_logs() -> None:
-  """Only warnings and errors from absl logging (JAX, orbax) on stderr."""
+  """Only warnings and errors from absl logging (JAX, orbax) on stderr,
+  less orbax's tracebacks of a full disk from its writer threads (the run
+  then ends with one line, see :func:`report_disk_full`)."""
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler()
+  if not any(f is _not_disk_full for f in handler.filters):
+    handler.addFilter(_not_disk_full)
+
+
+def _not_disk_full(record) -> bool:
+  """Logging filter: False for a record carrying a full-disk exception."""
+  return not (record.exc_info and experiment.disk_full(record.exc_info[1]))
+
+
+def report_disk_full(kind, error, tb) -> None:
+  """``sys.excepthook`` of the binaries: a full disk (anywhere in the
+  exception chain, see :func:`nash_jax.experiment.disk_full`) is one line
+  naming ``--output_dir``; any other exception goes to Python's hook."""
+  if not experiment.disk_full(error):
+    return sys.__excepthook__(kind, error, tb)
+  output_dir = (flags.FLAGS['output_dir'].value
+                if 'output_dir' in flags.FLAGS else None)
+  print(experiment.disk_full_line(output_dir), file=sys.stderr, flush=True)
 
 
 def table_line(cells, width: int) -> str:
@@ -187,6 +224,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   them."""
   adopt_key_flags(argv[0] if argv else sys.argv[0])
   signal.signal(signal.SIGINT, _interrupted)
+  sys.excepthook = report_disk_full
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -48,6 +48,9 @@ def main(argv):
     if budget < 1:
       raise ConfigError('query_budget', f'must be >= 1, got {budget}')
     experiment.check_output_dir(base.output_dir)
+    experiment.check_used([base.replace(algorithm=n) for n in names],
+                          common.explicit_settings(
+                              experiment.ExperimentConfig))
     configs = {}
     for name in names:
       config = base.replace(algorithm=name,
@@ -57,11 +60,13 @@ def main(argv):
       configs[name], file_game = experiment.validate(config)
     experiment.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
-    common.fail(str(e))
+    common.fail(str(common.renamed(e, {'algorithm': 'algorithms'})))
 
   start = time.time()
   first = next(iter(configs.values()))
-  prepared = experiment.prepare(first, file_game)
+  prepared = experiment.prepare(
+      first, file_game, log=print if jax.process_index() == 0 else
+      (lambda line: None))
   results = {}
   for name, config in configs.items():
     results[name] = experiment.run(config, file_game, query_budget=budget,

@@ -44,6 +44,8 @@ def main(argv):
     experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
     config = common.config_from_settings(experiment.LMConfig,
                                          algorithm=flags.FLAGS.algorithm)
+    experiment.check_used([config], common.explicit_settings(
+        experiment.LMConfig))
     cells = None
     if flags.FLAGS.sweep:
       grid = experiment.parse_sweep(flags.FLAGS.sweep,

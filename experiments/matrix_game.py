@@ -39,6 +39,8 @@ def main(argv):
   try:
     experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
     config = common.config_from_flags(algorithm=flags.FLAGS.algorithm)
+    experiment.check_used([config], common.explicit_settings(
+        experiment.ExperimentConfig))
     if flags.FLAGS.sweep:
       grid = experiment.parse_sweep(flags.FLAGS.sweep)
       cells, file_game = experiment.validate_sweep(config, grid)

@@ -85,7 +85,9 @@ def main(argv):
     plan = stability.validate(base, study)
     experiment.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
-    common.fail(str(e))
+    common.fail(str(common.renamed(e, {'algorithm': 'algorithms',
+                                       'beta': 'betas',
+                                       'learning_rate': 'learning_rates'})))
   start = time.time()
   log = print if jax.process_index() == 0 else (lambda line: None)
   rows = stability.run(plan, study, base.output_dir,
@@ -99,8 +101,6 @@ def main(argv):
                  f'{base.mode} ({base.policy}, batch {base.batch_size}), '
                  f'{base.num_seeds} seeds, {study.query_budget} queries, '
                  f'converged: KL < {study.kl_threshold:g}')
-  for row in rows:
-    print(stability.format_row(row))
   print(f'wrote {path} ({time.time() - start:.1f}s)')
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -26,6 +27,36 @@ import orbax.checkpoint as ocp
 RESUMABLE_CHANGES = ('num_steps', 'output_dir', 'checkpoint_every',
                      'keep_checkpoints', 'overwrite', 'num_devices',
                      'tensorboard')
+
+
+def is_closed_loop_noise(unraisable) -> bool:
+  """Whether an unraisable exception is the ``RuntimeError('Event loop is
+  closed')`` that tensorstore's callbacks raise when reads still in flight
+  finish after orbax's failed restore has closed its event loop (harmless:
+  nobody waits for those reads any more)."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and
+          str(error) == 'Event loop is closed'):
+    return False
+  tb = unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_name == '_check_closed'
+
+
+def quiet_closed_loops() -> None:
+  """Drops :func:`is_closed_loop_noise` (one 5-line traceback per pending
+  read of a damaged checkpoint) from ``sys.unraisablehook``; every other
+  unraisable exception still reaches the previous hook. Installed once."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'quiet_closed_loops', False):
+    return
+
+  def hook(unraisable):
+    if not is_closed_loop_noise(unraisable):
+      previous(unraisable)
+  hook.quiet_closed_loops = True
+  sys.unraisablehook = hook
 
 
 class CheckpointMismatch(ValueError):
@@ -91,10 +122,14 @@ def directory(output_dir: str) -> str:
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-  """Settings that differ between a saved and a current config."""
+  """Settings that differ between a saved and a current config. A switch
+  added after the checkpoint was saved (absent there) matches when it is
+  off (``False`` or ``None``), e.g. ``stop_on_divergence``."""
   keys = (set(saved) | set(current)) - set(RESUMABLE_CHANGES)
+  new_and_off = {k for k in keys if k not in saved and
+                 current.get(k) in (None, False)}
   return sorted(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}'
-                for k in keys if saved.get(k) != current.get(k))
+                for k in keys - new_and_off if saved.get(k) != current.get(k))
 
 
 class Checkpointer:
@@ -108,6 +143,7 @@ class Checkpointer:
     self._manager = None
 
   def _open(self):
+    quiet_closed_loops()
     if self._manager is None:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self.keep, enable_async_checkpointing=False,

@@ -92,22 +92,30 @@ def run(plan: dict, study: Study, output_dir: str, *, prepared=None,
   seeds of an algorithm are one :func:`nash_jax.experiment.run_sweep`.
   Writes each cell's results and the algorithm's ``sweep.csv`` under
   ``output_dir/<algorithm>/``; returns the ``stability.csv`` rows.
+
+  ``log`` gets, per algorithm, a line before it starts, the progress lines
+  of its run (one per evaluation, and where it resumes from a checkpoint)
+  and one line per cell when it ends (:func:`format_row`).
   """
   rows = []
   for name, (cells, file_game) in plan.items():
     out = os.path.join(output_dir, name)
-    prepared = prepared or experiment.prepare(cells[0][1], file_game)
+    log(f'{name}: {len(cells)} cells x {cells[0][1].num_seeds} seeds, '
+        f'{study.query_budget} queries each, in one run')
+    prepared = prepared or experiment.prepare(cells[0][1], file_game, log)
     results = experiment.run_sweep(
-        [c for _, c in cells], out, file_game, log=lambda line: None,
+        [c for _, c in cells], out, file_game, log=log,
         query_budget=study.query_budget, prepared=prepared,
         checkpoint_every=checkpoint_every)
     for res in results:
       experiment.write_results(res)
     experiment.write_sweep_table(cells, results, out)
-    log(f'{name}: {len(cells)} cells x {cells[0][1].num_seeds} seeds, '
-        f'{study.query_budget} queries in {results[0].wall_time:.1f}s')
-    rows += [cell_summary(name, values, res, study)
-             for (values, _), res in zip(cells, results)]
+    cell_rows = [cell_summary(name, values, res, study)
+                 for (values, _), res in zip(cells, results)]
+    for row in cell_rows:
+      log(format_row(row))
+    log(f'{name}: done in {results[0].wall_time:.1f}s')
+    rows += cell_rows
   return rows
 
 

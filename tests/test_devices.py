@@ -67,3 +67,47 @@ def test_eight_fake_devices_match_one_device_bit_for_bit():
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'DEVICES OK' in result.stdout
+
+
+COMPARE_SCRIPT = textwrap.dedent('''
+    import csv, sys
+    import numpy as np
+    one, two = sys.argv[1:]
+    assert (np.load(one + '/final_policy.npy').tobytes() ==
+            np.load(two + '/final_policy.npy').tobytes())
+    a = list(csv.DictReader(open(one + '/metrics.csv')))
+    b = list(csv.DictReader(open(two + '/metrics.csv')))
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b):
+      for k in ('seed', 'step', 'preference_queries'):
+        assert x[k] == y[k], (k, x, y)
+      for k in x:
+        assert abs(float(x[k]) - float(y[k])) <= 1e-15, (k, x[k], y[k])
+    print('PROMISE OK')
+''')
+
+
+@pytest.mark.slow
+def test_two_fake_devices_keep_the_readme_promise(tmp_path):
+  # README "Devices and several hosts": training bit-identical across
+  # device counts (final_policy.npy, steps, queries), metrics to 1e-15.
+  args = ['--mode=sampled', '--algorithm=nash_prox', '--num_actions=6',
+          '--num_seeds=3', '--seed_block=2', '--num_steps=60',
+          '--eval_every=10', '--batch_size=8', '--checkpoint_every=0']
+  procs = []
+  for devices in (1, 2):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+        os.environ.get('XLA_FLAGS', '') +
+        f' --xla_force_host_platform_device_count={devices}').strip())
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'experiments.matrix_game', *args,
+         f'--output_dir={tmp_path / str(devices)}'], env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  result = subprocess.run([sys.executable, '-c', COMPARE_SCRIPT,
+                           str(tmp_path / '1'), str(tmp_path / '2')],
+                          capture_output=True, text=True, timeout=120)
+  assert 'PROMISE OK' in result.stdout, result.stderr[-3000:]

@@ -349,3 +349,336 @@ def test_a_locked_output_dir_refuses_a_second_run(tmp_path):
   first.release()
   assert not (tmp_path / 'out' / '.lock').exists()
   experiment.OutputLock(str(tmp_path / 'out')).acquire().release()
+
+
+# --------------------------------------------------------------------------
+# Item 14: diverged runs are marked (inf and NaN apart) and can stop.
+
+
+def test_divergence_is_marked_with_inf_and_nan_apart():
+  from nash_jax.experiment import results as results_lib
+  row = {'kl_to_equilibrium': np.array([0.1, np.inf, np.nan, np.nan])}
+  assert results_lib.divergence(row['kl_to_equilibrium']) == [
+      None, 'inf', 'nan', 'nan']
+  assert results_lib.divergence_note(row) == (
+      '  DIVERGED: kl_to_equilibrium inf in 1, nan in 2 of 4 runs')
+  assert results_lib.divergence_note(
+      {'kl_to_equilibrium': np.array([0.1, 0.2])}) == ''
+  from nash_jax.experiment.run import stopping_rule
+  until = stopping_rule(None, True)
+  assert until(row) and not until({'kl_to_equilibrium': np.ones(2)})
+  budget = stopping_rule(5, False)
+  assert budget({'preference_queries': np.array([5, 6]), **row})
+  assert not budget({'preference_queries': np.array([4, 6]), **row})
+  assert stopping_rule(None, False) is None
+
+
+def test_stop_on_divergence_stops_at_that_evaluation(tmp_path, monkeypatch):
+  # A genuine run whose metrics turn NaN or inf (by key parity) from step
+  # 20 on: it stops there, says so, and summary.json tells NaN from inf.
+  run_lib = sys.modules['nash_jax.experiment.run']
+  exact = run_lib.evaluation.exact_evaluator
+
+  def poisoned(make):
+    evaluate = exact(make)
+
+    def wrapped(hyper, state, env_params, log_eq):
+      metrics = evaluate(hyper, state, env_params, log_eq)
+      bad = jax.numpy.where(state.key[-1] % 2 == 0, np.nan, np.inf)
+      metrics['kl_to_equilibrium'] = jax.numpy.where(
+          state.step >= 20, bad, metrics['kl_to_equilibrium'])
+      return metrics
+    return wrapped
+
+  monkeypatch.setattr(run_lib.evaluation, 'exact_evaluator', poisoned)
+  assert 'stop_on_divergence' in [
+      f.name for f in dataclasses.fields(experiment.RunConfig)]
+  config, _ = experiment.validate(experiment.ExperimentConfig(
+      algorithm='omwu', num_actions=3, num_seeds=2, num_steps=50,
+      eval_every=10, checkpoint_every=0, stop_on_divergence=True,
+      output_dir=str(tmp_path / 'out')))
+  lines = []
+  results = experiment.run(config, log=lines.append)
+  assert int(results.rows[-1]['step'][0]) == 20
+  assert 'DIVERGED: kl_to_equilibrium' in lines[2]
+  assert lines[-1] == ('[omwu] stopped at step 20: a run diverged '
+                       '(--stop_on_divergence)')
+  experiment.write_results(results)
+  import json
+  summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  kinds = {f['seed']: f['diverged'] for f in summary['final']}
+  assert set(kinds.values()) <= {'inf', 'nan'}
+  assert summary['diverged'] == {
+      kind: [s for s, k in kinds.items() if k == kind]
+      for kind in ('inf', 'nan')}
+  assert all(f['kl_to_equilibrium'] is None for f in summary['final'])
+
+
+def test_summary_tells_nan_from_inf():
+  config = experiment.ExperimentConfig(num_seeds=3, seed=4)
+  row = {'step': np.full(3, 10), 'preference_queries': np.full(3, 10),
+         **{m: np.array([0.1, np.inf, np.nan]) for m in (
+             experiment.metric_columns([{}])[2:])}}
+  s = experiment.summary(experiment.Results(config, [row], None, None, 1.0))
+  assert [f['diverged'] for f in s['final']] == [None, 'inf', 'nan']
+  assert s['diverged'] == {'inf': [5], 'nan': [6]}
+
+
+# --------------------------------------------------------------------------
+# Item 14: settings the algorithm does not read are refused, and errors
+# name the flag the user typed.
+
+
+def test_settings_the_algorithm_does_not_use_are_refused():
+  base = experiment.ExperimentConfig()
+  sampled = base.replace(mode='sampled', algorithm='nash_prox')
+  assert experiment.unused_by(base, 'learning_rate') == 'nash_mp'
+  assert experiment.unused_by(base, 'batch_size') == '--mode=exact'
+  assert experiment.unused_by(base, 'beta') is None
+  assert experiment.unused_by(base.replace(algorithm='self_play_pg'),
+                              'learning_rate') is None
+  assert experiment.unused_by(sampled, 'anchor_tau') == (
+      'nash_prox with --anchor=copy')
+  assert experiment.unused_by(sampled.replace(anchor='ema'),
+                              'anchor_tau') is None
+  assert experiment.unused_by(sampled, 'mixture') == 'nash_prox'
+  assert experiment.unused_by(sampled, 'hidden_sizes') == '--policy=tabular'
+  with pytest.raises(ConfigError, match='^--learning_rate: nash_mp does not '
+                     'use it$'):
+    experiment.check_used([base.replace(learning_rate=-1.0)],
+                          ['beta', 'learning_rate'])
+  # Used by one algorithm of several (experiments.compare): accepted.
+  experiment.check_used([base, base.replace(algorithm='online_ipo')],
+                        ['learning_rate'])
+  with pytest.raises(ConfigError, match='^--eta: self_play_pg, online_ipo '
+                     'do not use it$'):
+    experiment.check_used([base.replace(algorithm='self_play_pg'),
+                           base.replace(algorithm='online_ipo')], ['eta'])
+  with pytest.raises(ConfigError, match='^--sweep: nash_mp does not use '
+                     'learning_rate'):
+    experiment.validate_sweep(base, {'learning_rate': [0.1, 0.2]})
+  with pytest.raises(ConfigError, match='^--sweep: nash_prox with '
+                     '--anchor=copy does not use anchor_tau'):
+    experiment.validate_sweep(sampled, {'anchor_tau': [0.1, 0.2]})
+
+
+def test_errors_name_the_flag_the_user_typed(tmp_path):
+  out = str(tmp_path / 'out')
+  for algorithm in ('nash_mp', 'omd', 'proximal_point'):
+    with pytest.raises(ConfigError, match='^--beta: 1e\\+308 '):
+      experiment.validate(experiment.ExperimentConfig(
+          algorithm=algorithm, beta=1e308, output_dir=out))
+  with pytest.raises(ConfigError, match='^--eta: must be a finite number'):
+    experiment.validate(experiment.ExperimentConfig(eta=float('inf'),
+                                                    output_dir=out))
+  error = common.renamed(ConfigError('algorithm', "unknown algorithm 'x'"),
+                         {'algorithm': 'algorithms'})
+  assert str(error) == "--algorithms: unknown algorithm 'x'"
+  assert str(common.renamed(ConfigError('beta', 'x'), {})) == '--beta: x'
+  for name in ('compare', 'stability'):
+    source = (ROOT / 'experiments' / f'{name}.py').read_text()
+    assert "common.renamed(e, {'algorithm': 'algorithms'" in source
+
+
+def test_unused_flag_in_a_real_process(tmp_path):
+  proc = _start('experiments.matrix_game', '--learning_rate=-1',
+                f'--output_dir={tmp_path / "out"}')
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2
+  assert _lines(err) == ['error: --learning_rate: nash_mp does not use it']
+  assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------------------------------------------------
+# Item 14: a recovered checkpoint is one warning line (no "Event loop is
+# closed" tracebacks), real unraisable errors still reach the hook.
+
+
+def test_closed_event_loop_noise_is_dropped_and_nothing_else(tmp_path,
+                                                             monkeypatch):
+  import asyncio
+  import types
+  loop = asyncio.new_event_loop()
+  loop.close()
+  with pytest.raises(RuntimeError) as closed:
+    loop.call_soon_threadsafe(print)
+  noise = types.SimpleNamespace(exc_value=closed.value,
+                                exc_traceback=closed.value.__traceback__)
+  other = types.SimpleNamespace(exc_value=RuntimeError('Event loop is '
+                                                       'closed'),
+                                exc_traceback=None)
+  assert checkpoint_lib.is_closed_loop_noise(noise)
+  assert not checkpoint_lib.is_closed_loop_noise(other)
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  ckpt = _saved(tmp_path)
+  target = _data_files(Path(ckpt.path, '40'))[-1]
+  _flip_bit(target, target.stat().st_size // 2)
+  assert ckpt.restore(_state())[2] == 20
+  ckpt.close()
+  sys.unraisablehook(noise)
+  sys.unraisablehook(other)
+  assert seen == [other]
+
+
+# --------------------------------------------------------------------------
+# Item 14: a full disk is one line naming the output directory.
+
+
+def test_full_disk_is_recognized_through_the_chain(capsys):
+  import errno
+  assert experiment.disk_full(OSError(errno.ENOSPC, 'No space'))
+  assert experiment.disk_full(OSError(errno.EDQUOT, 'quota'))
+  assert not experiment.disk_full(OSError(errno.EACCES, 'denied'))
+  try:
+    try:
+      raise OSError(errno.ENOSPC, 'full')
+    except OSError as e:
+      raise ValueError('writing the checkpoint failed') from e
+  except ValueError as e:
+    chained = e
+  assert experiment.disk_full(chained)
+  assert experiment.disk_full(ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "done/0": Failed to write 19144 '
+      'bytes to file 16: No space left on device'))
+  assert not experiment.disk_full(ValueError('bad value'))
+  assert experiment.disk_full_line('/data/run') == (
+      'error: no space left on device while writing /data/run; free some '
+      'space and rerun the same command to resume from the last checkpoint')
+  common.report_disk_full(ValueError, chained, None)
+  output_dir = (flags.FLAGS['output_dir'].value
+                if 'output_dir' in flags.FLAGS else None)
+  assert capsys.readouterr().err == (
+      experiment.disk_full_line(output_dir) + '\n')
+
+
+@pytest.mark.slow
+def test_full_disk_in_a_real_process(tmp_path):
+  small = tmp_path / 'small'
+  small.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=200k',
+                            'tmpfs', str(small)], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip('cannot mount a small tmpfs here (needs root): '
+                f'{mounted.stderr.decode().strip()}')
+  try:
+    proc = _start('experiments.matrix_game', '--algorithm=omwu',
+                  '--num_actions=30', '--num_seeds=4', '--num_steps=400',
+                  '--eval_every=1', '--checkpoint_every=100',
+                  f'--output_dir={small / "out"}')
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert _lines(err) == [experiment.disk_full_line(str(small / 'out'))]
+  finally:
+    subprocess.run(['umount', str(small)], capture_output=True)
+
+
+# --------------------------------------------------------------------------
+# Item 14: a float32 reference policy within float32 rounding of 1.
+
+
+def test_float32_reference_policy_is_accepted_and_renormalized(tmp_path):
+  from nash_jax.games import GameFileError, load_game
+  n = 20
+  ref = np.full(n, 1 / n, np.float32)
+  ref[0] += np.float32(1.25e-6)
+  assert abs(ref.astype(np.float64).sum() - 1) > 1e-6
+  path = tmp_path / 'game.npz'
+  np.savez(path, preferences=np.full((n, n), 0.5), ref_policy=ref)
+  game = load_game(str(path), dtype=np.float64)
+  assert abs(np.asarray(game.ref_policy).sum() - 1) < 1e-12
+  np.savez(path, preferences=np.full((n, n), 0.5),
+           ref_policy=ref.astype(np.float64))  # float64: 1e-6 still holds.
+  with pytest.raises(GameFileError, match='ref_policy must sum to 1'):
+    load_game(str(path), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# Item 14: experiments.stability reports progress per cell and resumes.
+
+
+def test_stability_reports_progress_per_cell_and_resuming(tmp_path):
+  from nash_jax import stability
+  study = stability.Study(('online_ipo',), (0.1,), (0.01, 0.1), 20)
+  base = experiment.ExperimentConfig(
+      num_actions=3, num_seeds=1, num_steps=20, eval_every=10,
+      checkpoint_every=10, output_dir=str(tmp_path))
+  for attempt in range(2):
+    lines = []
+    stability.run(stability.validate(base, study), study, str(tmp_path),
+                  checkpoint_every=10, log=lines.append)
+    assert lines[0].startswith('online_ipo: 2 cells x 1 seeds')
+    cells = [line for line in lines if line.startswith('online_ipo  ')]
+    assert len(cells) == 2 and 'lr 0.01' in cells[0], lines
+    if attempt == 0:
+      assert any(line.startswith('[online_ipo] step      10/20')
+                 for line in lines), lines
+    else:
+      assert any('resuming from step 20' in line for line in lines), lines
+
+
+# --------------------------------------------------------------------------
+# Item 8: sizes that cannot fit, or integers beyond any machine, are refused
+# before any work; long setup phases say so first.
+
+
+def test_memory_is_estimated_and_what_cannot_fit_is_refused(tmp_path):
+  from nash_jax.experiment import config as config_lib
+  sampled = experiment.ExperimentConfig(
+      mode='sampled', algorithm='nash_prox', batch_size=10 ** 9,
+      output_dir=str(tmp_path / 'out'))
+  flag, need, _ = config_lib.memory_estimate(sampled)
+  assert flag == 'batch_size' and 1.5e11 < need < 3e11
+  gb = 10 ** 9
+  with pytest.raises(ConfigError, match=r'^--batch_size: 1000000000 '
+                     r'comparisons per step .* need about 200 GB of memory; '
+                     r'this machine has 64 GB'):
+    config_lib.check_memory(sampled, limits=(64 * gb, None))
+  exact = experiment.ExperimentConfig(num_actions=20000, num_seeds=256)
+  with pytest.raises(ConfigError, match=r'^--num_actions: 256 games of 1 x '
+                     r'20000\^2 preferences need about 1\.6\d TB'):
+    config_lib.check_memory(exact, limits=(10 ** 12, 80 * gb))
+  # Seeds sharing one game: one [n, n] matrix.
+  assert config_lib.memory_estimate(exact.replace(game_seed=0))[1] < 2e10
+  # A sweep multiplies the games by its cells.
+  small = experiment.ExperimentConfig(num_actions=1000, num_seeds=100)
+  assert (config_lib.memory_estimate(small, runs=4)[1] >
+          3.9 * config_lib.memory_estimate(small)[1])
+  config_lib.check_memory(experiment.ExperimentConfig())  # The default fits.
+  assert config_lib.format_bytes(2.04e11) == '204 GB'
+  with pytest.raises(ConfigError, match='^--batch_size:'):
+    experiment.validate(sampled)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_huge_integers_are_refused_before_work(tmp_path):
+  with pytest.raises(ConfigError, match=r'^--seed_block: 10{20} is too '
+                     r'large \(at most 2\^31 - 1\)$'):
+    experiment.validate(experiment.ExperimentConfig(
+        seed_block=10 ** 20, output_dir=str(tmp_path / 'out')))
+  with pytest.raises(ConfigError, match='^--num_steps: .* too large'):
+    experiment.validate_lm(experiment.LMConfig(
+        num_steps=2 ** 40, output_dir=str(tmp_path / 'out')))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_long_reference_solves_are_announced():
+  from nash_jax.experiment import config as config_lib
+  assert config_lib.setup_note(experiment.ExperimentConfig()) is None
+  assert config_lib.setup_note(experiment.ExperimentConfig(
+      num_actions=20000, num_seeds=256)) == (
+          '[nash_mp] solving pi*_beta for 256 games of n = 20000 (1 context '
+          'each) ...')
+  assert config_lib.setup_note(experiment.ExperimentConfig(
+      num_seeds=10 ** 6, game_seed=0)) is None
+  assert 'for 1000000 games of n = 20' in config_lib.setup_note(
+      experiment.ExperimentConfig(num_seeds=10 ** 6))
+
+
+def test_checkpoints_saved_before_a_new_switch_still_resume():
+  saved = {'beta': 0.1}
+  assert checkpoint_lib.differences(
+      saved, {'beta': 0.1, 'stop_on_divergence': False}) == []
+  assert checkpoint_lib.differences(
+      saved, {'beta': 0.1, 'stop_on_divergence': True}) == [
+          'stop_on_divergence: None -> True']

@@ -45,7 +45,7 @@ from nash_jax.policies.transformer import (
   TransformerConfig,
   validate_transformer_config,
 )
-from nash_jax.settings import compose, group_of, setting
+from nash_jax.settings import compose, group_of, setting, settings_of
 
 GAMES = tuple(GENERATORS) + FEATURE_GAMES + ('file',)
 DTYPES = ('float64', 'float32')
@@ -115,6 +115,9 @@ class RunConfig:
                               'one run per seed, in '
                               'OUTPUT_DIR/tensorboard/seed_<s> (needs '
                               'tensorboardX).')
+  stop_on_divergence: bool = setting(
+      False, 'Stop at the first evaluation where some seed has diverged '
+      '(kl_to_equilibrium inf or NaN); the results end there.')
 
 
 ExperimentConfig = compose(
@@ -253,6 +256,144 @@ def _resolved(config, alg_config, fields):
   return config
 
 
+# Bytes of the temporaries of one sampled comparison per float of the run's
+# dtype (responses, log-probabilities under the policy, reference and
+# anchor, outcomes, gradients): about 25 floats.
+FLOATS_PER_COMPARISON = 25
+# Integer settings above this are refused before any work (sizes, seeds and
+# step counts far beyond any machine).
+MAX_INT = 2 ** 31 - 1
+
+
+def _check_int_sizes(config) -> None:
+  """Refuses integer settings beyond :data:`MAX_INT` (``--seed_block=10**20``
+  would fail deep inside NumPy after work has started)."""
+  for field in settings_of(type(config)):
+    value = getattr(config, field.name)
+    if (field.metadata['kind'] is int and isinstance(value, int) and
+        abs(value) > MAX_INT):
+      raise ConfigError(field.name, f'{value} is too large (at most '
+                        f'2^31 - 1)')
+
+
+def memory_limits() -> tuple[int, int | None]:
+  """``(host bytes, device bytes or None)``: the machine's physical memory
+  and, on an accelerator, the memory of the devices JAX sees."""
+  host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  devices = jax.devices()
+  if devices[0].platform == 'cpu':
+    return host, None
+  stats = devices[0].memory_stats() or {}
+  limit = stats.get('bytes_limit')
+  return host, None if limit is None else int(limit) * len(devices)
+
+
+def memory_estimate(config, runs: int = 1) -> tuple[str, int, str]:
+  """``(flag, bytes, what)``: about how much memory the largest part of a
+  tabular run needs, the flag that sizes it, and a phrase saying what it
+  is. ``runs``: cells of a sweep (each with all seeds).
+
+  The exact games are ``[S, X, n, n]`` preferences (once when the seeds
+  share a game), built in float64 on the host and copied to the devices in
+  the run's dtype, plus the reference solver's ``[n, n]`` temporaries; a
+  sampled step holds :data:`FLOATS_PER_COMPARISON` floats per comparison
+  of every seed vmapped together (``seed_block`` per device).
+  """
+  itemsize = np.dtype(config.dtype).itemsize
+  shared = config.game == 'file' or config.game_seed is not None
+  games = 1 if shared and runs == 1 else config.num_seeds * runs
+  square = config.num_contexts * config.num_actions ** 2
+  exact = games * square * (8 + itemsize) + 4 * square * 8
+  game_what = (f'{games} game{"s" if games > 1 else ""} of '
+               f'{config.num_contexts} x {config.num_actions}^2 preferences')
+  if config.mode != 'sampled':
+    return 'num_actions', exact, game_what
+  in_flight = min(config.seed_block, config.num_seeds * runs)
+  batch = (in_flight * config.batch_size * FLOATS_PER_COMPARISON *
+           itemsize)
+  if batch > exact:
+    return 'batch_size', batch + exact, (
+        f'{config.batch_size} comparisons per step for each of {in_flight} '
+        'seeds in flight')
+  return 'num_actions', batch + exact, game_what
+
+
+def format_bytes(n: float) -> str:
+  """``2.04e11 -> '204 GB'`` (decimal units, 3 significant digits)."""
+  for unit in ('bytes', 'kB', 'MB', 'GB', 'TB', 'PB'):
+    if n < 1000 or unit == 'PB':
+      return f'{n:.3g} {unit}'
+    n /= 1000
+  return f'{n:.3g} PB'
+
+
+def check_memory(config, runs: int = 1, limits=None) -> None:
+  """Refuses a tabular run whose :func:`memory_estimate` exceeds the
+  machine's memory (``limits``: :func:`memory_limits` by default).
+
+  Raises:
+    ConfigError: ``--batch_size: 1000000000 comparisons per step ... need
+      about 200 GB of memory; this machine has 24 GB``.
+  """
+  flag, need, what = memory_estimate(config, runs)
+  host, device = limits or memory_limits()
+  have = min(host, device) if device is not None else host
+  if need > have:
+    raise ConfigError(flag, f'{what} need about {format_bytes(need)} of '
+                      f'memory; this machine has {format_bytes(have)} '
+                      '(use fewer seeds, contexts, actions or comparisons, '
+                      'or --game_seed to share one game)')
+
+
+def setup_note(config, runs: int = 1) -> str | None:
+  """The line printed before the reference solves when they may take more
+  than a second or so (``n^3`` per context above 10^8 in all, e.g. one game
+  of n = 500, or more than 1000 contexts): ``solving pi*_beta for 256
+  games of n = 20000 ...``; None for small runs."""
+  shared = config.game == 'file' or config.game_seed is not None
+  games = 1 if shared else config.num_seeds
+  contexts = games * config.num_contexts
+  if contexts * config.num_actions ** 3 <= 10 ** 8 and contexts <= 1000:
+    return None
+  what = 'pi*_beta' if config.beta > 0 else 'the von Neumann winner'
+  return (f'[{config.algorithm}] solving {what} for {games} '
+          f'game{"s" if games > 1 else ""} of n = {config.num_actions} '
+          f'({config.num_contexts} context'
+          f'{"s" if config.num_contexts > 1 else ""} each) ...')
+
+
+# Settings whose default the algorithm derives (mostly from beta).
+DERIVED = ('eta', 'learning_rate', 'inner_eta', 'inner_steps', 'optimizer')
+
+
+def resolve_algorithm(config, num_contexts: int, feature_dim: int,
+                      policy: str):
+  """The algorithm's config with its defaults filled in, validated. A
+  default that cannot be used because of ``beta`` (``--beta=1e308`` gives
+  nash_mp ``eta = 2 beta = inf``) is reported as ``--beta``, the flag the
+  user gave, not as the flag the user left alone.
+
+  Raises:
+    ConfigError: naming the flag.
+  """
+  try:
+    alg_config = algorithms_lib.resolve_config(
+        config.algorithm, config.algorithm_config(), num_contexts,
+        feature_dim, policy)
+    algorithms_lib.validate_config(config.algorithm, alg_config, policy)
+  except OverflowError:
+    raise ConfigError('beta', f'{config.beta:g} is too large for '
+                      f"{config.algorithm}'s default step sizes; give a "
+                      'smaller --beta') from None
+  except ConfigError as e:
+    if e.flag in DERIVED and getattr(config, e.flag) is None:
+      raise ConfigError('beta', f'{config.beta:g} makes the default '
+                        f'--{e.flag} unusable ({str(e).partition(": ")[2]}); '
+                        f'give --{e.flag} or a smaller --beta') from None
+    raise
+  return alg_config
+
+
 def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   """Checks every setting; returns the resolved config and the file's game.
 
@@ -260,6 +401,7 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
     ConfigError: a flag that cannot be used, naming it.
     GameFileError: a game file that cannot be used, naming it.
   """
+  _check_int_sizes(config)
   if config.algorithm not in algorithms_lib.ALL_ALGORITHM_NAMES:
     raise ConfigError('algorithm', f'unknown algorithm {config.algorithm!r}; '
                       'expected one of '
@@ -311,13 +453,73 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
   if config.oracle not in ORACLES:
     raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
                       f'one of {", ".join(ORACLES)}')
-  alg_config = algorithms_lib.resolve_config(
-      config.algorithm, config.algorithm_config(), config.num_contexts,
-      feature_dim, config.policy)
-  algorithms_lib.validate_config(config.algorithm, alg_config, config.policy)
+  alg_config = resolve_algorithm(config, config.num_contexts, feature_dim,
+                                 config.policy)
+  check_memory(config)
   return _resolved(config, alg_config, ('eta', 'learning_rate', 'inner_eta',
                                          'inner_steps', 'optimizer')), \
       file_game
+
+
+_OPTIMIZER_SETTINGS = ('learning_rate', 'optimizer', 'max_grad_norm',
+                       'schedule', 'decay_steps')
+
+
+def unused_by(config, name: str) -> str | None:
+  """Who ignores setting ``name`` in ``config``: the algorithm
+  (``'nash_mp'``), the mode (``'--mode=exact'``) or a combination
+  (``'nash_prox with --anchor=copy'``); None when the run reads it (or
+  ``name`` is not an algorithm or policy setting, or the algorithm is
+  unknown, which :func:`validate` refuses)."""
+  mode = getattr(config, 'mode', 'sampled')
+  registry = (algorithms_lib.ALGORITHMS if mode == 'exact' else
+              algorithms_lib.SAMPLED_ALGORITHMS)
+  spec, name_of = registry.get(config.algorithm), config.algorithm
+  if spec is None:
+    return None
+  sampled_only = {'batch_size', 'oracle', 'anchor', 'anchor_every',
+                  'anchor_tau', 'mixture'}
+  if mode == 'exact' and name in sampled_only:
+    return '--mode=exact'
+  needs = {
+      'eta': spec.default_eta is not None,
+      'inner_steps': name_of in ('proximal_point', 'approx_nash_mp'),
+      'inner_tolerance': name_of == 'proximal_point',
+      'max_inner_steps': name_of == 'proximal_point',
+      'inner_eta': name_of == 'proximal_point',
+      'anchor': name_of == 'nash_prox',
+      'anchor_every': name_of == 'nash_prox',
+      'anchor_tau': name_of == 'nash_prox',
+      'mixture': name_of == 'nash_md_pg',
+      **{k: spec.parameter_space for k in _OPTIMIZER_SETTINGS},
+  }
+  if not needs.get(name, True):
+    return name_of
+  given = {'anchor_every': ('anchor', 'copy'), 'anchor_tau': ('anchor', 'ema'),
+           'decay_steps': ('schedule', 'cosine'),
+           'hidden_sizes': ('policy', 'mlp'),
+           'init_scale': ('init', 'random')}
+  if name in given and hasattr(config, given[name][0]):
+    flag, value = given[name]
+    if getattr(config, flag) != value:
+      given = f'--{flag}={getattr(config, flag)}'
+      return given if flag in ('policy', 'init') else f'{name_of} with {given}'
+  return None
+
+
+def check_used(configs, names) -> None:
+  """Refuses settings (``names``, e.g. the flags given on the command line)
+  that no config of ``configs`` reads: a value that changes nothing.
+
+  Raises:
+    ConfigError: ``--learning_rate: nash_mp does not use it``.
+  """
+  for name in names:
+    who = [unused_by(c, name) for c in configs]
+    if who and all(who):
+      who = list(dict.fromkeys(who))
+      verb = 'does' if len(who) == 1 else 'do'
+      raise ConfigError(name, f'{", ".join(who)} {verb} not use it')
 
 
 # Numeric hyperparameters passed to the compiled step as runtime values, so
@@ -455,6 +657,7 @@ def validate_lm(config):
   Raises:
     ConfigError: naming the flag.
   """
+  _check_int_sizes(config)
   names = algorithms_lib.SAMPLED_ALGORITHM_NAMES
   if config.algorithm not in names:
     raise ConfigError('algorithm', f'{config.algorithm!r} does not run on a '
@@ -477,9 +680,7 @@ def validate_lm(config):
   _check_outputs(config)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
-  alg_config = algorithms_lib.resolve_config(
-      config.algorithm, config.algorithm_config(), config.num_prompts, 1,
-      'transformer')
-  algorithms_lib.validate_config(config.algorithm, alg_config, 'transformer')
+  alg_config = resolve_algorithm(config, config.num_prompts, 1,
+                                 'transformer')
   return _resolved(config, alg_config, ('eta', 'learning_rate',
                                          'inner_steps', 'optimizer'))

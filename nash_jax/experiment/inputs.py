@@ -6,6 +6,7 @@ algorithm built from its config, policy class and environment.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from nash_jax.experiment.config import (
   ExperimentConfig,
   hyperparameters,
   lm_hyperparameters,
+  setup_note,
 )
 from nash_jax.games import Game, generate_game
 from nash_jax.policies import PolicyConfig, sequence, transformer
@@ -73,9 +75,15 @@ def equilibria(config: ExperimentConfig, games: Game, shared: bool):
   return np.stack([solve(p, r) for p, r in zip(prefs, refs)])
 
 
-def prepare(config: ExperimentConfig, file_game: Game | None = None):
-  """The games of a run and their exact references: ``(games, equilibrium)``."""
+def prepare(config: ExperimentConfig, file_game: Game | None = None,
+            log: Callable[[str], None] = lambda line: None):
+  """The games of a run and their exact references: ``(games, equilibrium)``
+  (``log`` gets a line first when the solves are long, see
+  :func:`~nash_jax.experiment.config.setup_note`)."""
   games = build_games(config, file_game)
+  note = setup_note(config)
+  if note:
+    log(note)
   return games, equilibria(config, games, shares_game(config))
 
 

@@ -76,6 +76,33 @@ def write_npy(path: str, array) -> None:
   atomic_write(path, write)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException | None) -> bool:
+  """Whether ``error`` (or an exception it was raised from) is a full disk
+  or exhausted quota: an ``OSError`` ENOSPC or EDQUOT, or tensorstore's
+  ``RESOURCE_EXHAUSTED`` report of one (which orbax raises as a
+  ``ValueError`` naming "No space left on device")."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+      return True
+    text = str(error)
+    if 'No space left on device' in text or 'Disk quota exceeded' in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_line(output_dir: str | None) -> str:
+  """The one line a run ends with when the disk fills up."""
+  where = f'writing {output_dir}' if output_dir else 'writing results'
+  return (f'error: no space left on device while {where}; free some space '
+          'and rerun the same command to resume from the last checkpoint')
+
+
 LOCK_NAME = '.lock'
 
 
@@ -245,17 +272,53 @@ class TensorBoard:
       writer.close()
 
 
+DIVERGENCE_METRIC = 'kl_to_equilibrium'
+
+
+def divergence(kl) -> list[str | None]:
+  """Per run: ``'inf'`` or ``'nan'`` where ``kl`` (a row's
+  ``kl_to_equilibrium``) has diverged to that value, else None."""
+  kl = np.asarray(kl, np.float64)
+  return ['nan' if np.isnan(v) else 'inf' if np.isinf(v) else None
+          for v in kl.reshape(-1)]
+
+
+def diverged(row) -> bool:
+  """Whether some run of an evaluation row has diverged."""
+  return not np.all(np.isfinite(np.asarray(row[DIVERGENCE_METRIC],
+                                           np.float64)))
+
+
+def divergence_note(row) -> str:
+  """The progress line's mark of an evaluation row where runs diverged,
+  e.g. ``'  DIVERGED: kl_to_equilibrium inf in 1, nan in 2 of 8 runs'``
+  (``''`` when none has)."""
+  kinds = divergence(row[DIVERGENCE_METRIC])
+  counts = [f'{kind} in {kinds.count(kind)}' for kind in ('inf', 'nan')
+            if kind in kinds]
+  if not counts:
+    return ''
+  return (f'  DIVERGED: {DIVERGENCE_METRIC} {", ".join(counts)} of '
+          f'{len(kinds)} runs')
+
+
 def summary(results: Results) -> dict:
-  """Final metrics per seed and their mean over seeds."""
+  """Final metrics per seed and their mean over seeds, and which seeds
+  diverged (``kl_to_equilibrium`` inf or NaN, which JSON writes as
+  ``null`` alike): ``"diverged"`` per seed (``"inf"``, ``"nan"`` or
+  ``null``) and ``{"inf": [seeds], "nan": [seeds]}``."""
   last = results.rows[-1]
   columns = metric_columns(results.rows)
   seeds = range(results.config.seed,
                 results.config.seed + results.config.num_seeds)
-  per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns}}
-              for i, s in enumerate(seeds)]
+  kinds = divergence(last[DIVERGENCE_METRIC])
+  per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns},
+               'diverged': kinds[i]} for i, s in enumerate(seeds)]
   mean = {c: float(np.mean(last[c])) for c in columns}
   return {'algorithm': results.config.algorithm, 'final': per_seed,
-          'mean': mean, 'wall_time_s': results.wall_time}
+          'mean': mean, 'wall_time_s': results.wall_time,
+          'diverged': {kind: [s for s, k in zip(seeds, kinds) if k == kind]
+                       for kind in ('inf', 'nan')}}
 
 
 def json_safe(obj):

@@ -25,6 +25,7 @@ from nash_jax.experiment.config import (
   ExperimentConfig,
   hyperparameters,
   lm_hyperparameters,
+  setup_note,
 )
 from nash_jax.experiment.inputs import (
   algorithm_maker,
@@ -42,6 +43,8 @@ from nash_jax.experiment.results import (
   MetricsStream,
   Results,
   TensorBoard,
+  diverged,
+  divergence_note,
 )
 from nash_jax.experiment.sweep import sweep_checkpoint_config
 from nash_jax.games import Game
@@ -120,6 +123,20 @@ def stop_line(algorithm: str, signum: int, done: int,
           f'{where}')
 
 
+def stopping_rule(query_budget: int | None, stop_on_divergence: bool):
+  """The trainer's ``until``: every seed has used ``query_budget``
+  preference queries, or (``stop_on_divergence``) some run has diverged;
+  None when neither applies."""
+  if query_budget is None and not stop_on_divergence:
+    return None
+
+  def until(row):
+    spent = (query_budget is not None and
+             np.min(row['preference_queries']) >= query_budget)
+    return bool(spent or (stop_on_divergence and diverged(row)))
+  return until
+
+
 def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
                    env_params, eval_data, hyper: dict, *, shared: bool,
                    output_dir: str, checkpoint_config: dict,
@@ -161,13 +178,18 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
       boards.add(row)
     now = time.time()
     rate = (step - clock['step']) / max(now - clock['t'], 1e-9)
-    left = (config.num_steps - step) / rate if rate > 0 else float('nan')
+    left = (f'~{(config.num_steps - step) / rate:.0f}s left' if rate > 0
+            else '~?s left')
     log(f'[{config.algorithm}] step {step:>7d}/{config.num_steps}  '
         f'queries {int(np.mean(row["preference_queries"])):>9d}  '
         f'kl_to_equilibrium {np.mean(row["kl_to_equilibrium"]):.3e}  '
         f'duality_gap {np.mean(row["duality_gap"]):.3e}  '
         f'exploitability {np.mean(row["exploitability"]):.3e}  '
-        f'{rate:8.0f} steps/s  ~{left:.0f}s left  ({now - start:.1f}s)')
+        f'{rate:8.0f} steps/s  {left}  ({now - start:.1f}s)'
+        + divergence_note(row))
+    if config.stop_on_divergence and diverged(row):
+      log(f'[{config.algorithm}] stopped at step {step}: a run diverged '
+          '(--stop_on_divergence)')
     if writer:
       writer.append(row)
 
@@ -201,8 +223,7 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
         seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
         mesh=train_lib.seed_mesh(config.num_devices),
         resume=resume,
-        until=None if query_budget is None else
-        lambda row: np.min(row['preference_queries']) >= query_budget)
+        until=stopping_rule(query_budget, config.stop_on_divergence))
   if writer:
     writer.close()
   if boards:
@@ -242,6 +263,9 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
   solved = {}
   for c in configs:
     if c.beta not in solved:
+      note = setup_note(c) if not (prepared and c is config) else None
+      if note:
+        log(note)
       solved[c.beta] = (prepared[1] if prepared and c is config else
                         equilibria(c, games, shares_game(config)))
   if shares_game(config) and not shared:

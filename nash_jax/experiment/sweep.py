@@ -14,6 +14,8 @@ from nash_jax.algorithms import ConfigError
 from nash_jax.experiment.config import (
   SWEEPABLE,
   ExperimentConfig,
+  check_memory,
+  unused_by,
   validate,
   validate_lm,
 )
@@ -126,9 +128,15 @@ def _validate_cells(config, grid, validate_cell, maker):
       raise ConfigError(e.flag, f'{str(e).partition(": ")[2]} (sweep cell '
                         f'{cell_name(values)})') from None
     for name in grid:
+      who = unused_by(resolved, name)
+      if who:
+        raise ConfigError('sweep', f'{who} does not use {name}: every cell '
+                          'would be the same run')
       if getattr(resolved, name) is None:
         raise ConfigError('sweep', f'{config.algorithm} has no {name}')
     cells.append((values, resolved))
+  if len(cells) > 1 and hasattr(cells[0][1], 'num_actions'):
+    check_memory(cells[0][1], runs=len(cells))
   structures = {maker(c) for _, c in cells}
   if len(structures) > 1:
     raise ConfigError('sweep', 'cells differ in more than swept values')

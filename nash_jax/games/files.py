@@ -8,6 +8,10 @@ Accepted formats:
   ``features`` (``[X, n, d]``, response features ``phi(x, y)``) with optional
   ``context_features`` (``[X, d]``; zeros if absent).
 
+``ref_policy`` and ``context_weights`` must sum to 1 within 1e-6, or within
+the rounding of their stored type (float32: ``n * 2^-23``); those stored in
+a lower precision than float64 are renormalized in float64.
+
 Every check raises :class:`GameFileError` with one line naming the file and what
 is wrong, before any work starts.
 """
@@ -81,10 +85,25 @@ def _validate_distribution(path, name, array, shape):
           f'{list(array.shape)}')
   if np.any(array <= 0):
     _fail(path, f'{name} must be strictly positive')
-  sums = np.sum(array, axis=-1)
-  if np.max(np.abs(sums - 1)) > SUM_TOLERANCE:
-    _fail(path, f'{name} must sum to 1 (off by {np.max(np.abs(sums - 1)):.3g})')
-  return array.astype(np.float64)
+  sums = np.sum(array.astype(np.float64), axis=-1)
+  off = np.max(np.abs(sums - 1))
+  if off > sum_tolerance(array.dtype, array.shape[-1]):
+    _fail(path, f'{name} must sum to 1 (off by {off:.3g})')
+  if array.dtype == np.float64:
+    return array
+  # Stored in a lower precision: summing to 1 within its rounding; make it
+  # a distribution in float64.
+  array = array.astype(np.float64)
+  return array / np.sum(array, axis=-1, keepdims=True)
+
+
+def sum_tolerance(dtype, n: int) -> float:
+  """How far from 1 a stored distribution over ``n`` entries may sum:
+  :data:`SUM_TOLERANCE`, or the rounding of ``n`` values of a coarser
+  floating type (float32: ``n * 2^-23``, 2.4e-6 for n = 20)."""
+  if not np.issubdtype(dtype, np.floating):
+    return SUM_TOLERANCE
+  return max(SUM_TOLERANCE, n * float(np.finfo(dtype).eps))
 
 
 NPZ_ARRAYS = ('preferences', 'ref_policy', 'context_weights', 'features',
