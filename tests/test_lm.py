@@ -15,6 +15,7 @@ the listed responses, and the ``experiments.lm`` binary end to end.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -281,10 +282,25 @@ TINY = ['--vocab_size=2', '--max_length=2', '--num_prompts=2',
         '--eval_every=5', '--num_samples=2']
 
 
+# The binary's runs share JAX's persistent compilation cache (a cached
+# executable is the same program, so results are unaffected; the runs of
+# one algorithm compile the same programs).
+ENV = {}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  ENV.update(os.environ,
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('cache')),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
 def _lm(out, *args, timeout=600):
   return subprocess.run(
       [sys.executable, '-m', 'experiments.lm', f'--output_dir={out}', *TINY,
-       *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+       *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+      env=ENV)
 
 
 @pytest.fixture(scope='module')
@@ -359,7 +375,7 @@ def test_lm_game_file_is_read_by_matrix_game(lm_run, tmp_path):
       [sys.executable, '-m', 'experiments.matrix_game', '--game=file',
        f'--game_file={out / "game.npz"}', '--algorithm=nash_mp',
        '--num_steps=5', '--eval_every=5', f'--output_dir={tmp_path / "mg"}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
   assert proc.returncode == 0, proc.stderr[-2000:]
   eq = np.load(tmp_path / 'mg' / 'equilibrium.npy')[0]
   np.testing.assert_allclose(eq, np.load(out / 'equilibrium.npy')[0],
@@ -373,6 +389,8 @@ def test_lm_resume_after_sigkill_equals_uninterrupted(lm_run, tmp_path):
           '--learning_rate=0.01', '--checkpoint_every=5']
   cmd = [sys.executable, '-m', 'experiments.lm', f'--output_dir={killed}',
          *TINY, *args]
+  # Without the compilation cache, so that the run is still going when its
+  # first checkpoint appears.
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 500
