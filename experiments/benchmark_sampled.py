@@ -86,6 +86,11 @@ def main(argv):
     common.fail('--seeds: must be comma-separated integers')
   if min(seeds) < 1 or f.steps < 1 or f.batch_size < 1:
     common.fail('--seeds, --steps and --batch_size must be >= 1')
+  for flag, minimum in (('repeats', 1), ('num_actions', 2),
+                        ('num_contexts', 1)):
+    if f[flag].value < minimum:
+      common.fail(f'--{flag}: must be >= {minimum}, got {f[flag].value}')
+  common.check_output_file(f.output)
   for name in f.algorithms:
     if name not in algorithms.SAMPLED_ALGORITHMS:
       common.fail(f'--algorithms: unknown sampled algorithm {name!r}')

@@ -270,3 +270,16 @@ def report_sweep(cells, results, output_dir: str, start: float,
             f'{np.median(last["kl_to_equilibrium"]):.3e}')
     print(f'wrote {path} and {len(cells)} cell directories '
           f'({time.time() - start:.1f}s)')
+
+
+def check_output_file(path: str, flag: str = 'output') -> None:
+  """Refuses an output file that is a directory or whose directory cannot
+  be created and written (before any work)."""
+  if not path:
+    fail(f'--{flag}: must not be empty')
+  if os.path.isdir(path):
+    fail(f'--{flag}: {path} is a directory; give a file name')
+  try:
+    experiment.check_output_dir(os.path.dirname(os.path.abspath(path)), flag)
+  except ConfigError as e:
+    fail(str(e))

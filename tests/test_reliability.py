@@ -682,3 +682,23 @@ def test_checkpoints_saved_before_a_new_switch_still_resume():
   assert checkpoint_lib.differences(
       saved, {'beta': 0.1, 'stop_on_divergence': True}) == [
           'stop_on_divergence: None -> True']
+
+
+@pytest.mark.parametrize('args,flag', [
+    (['--repeats=0'], 'repeats'),
+    (['--num_actions=1'], 'num_actions'),
+    (['--output={tmp}'], 'output'),
+    (['--output={tmp}/file/x.csv'], 'output'),
+])
+def test_benchmark_sampled_refuses_bad_input_before_any_work(args, flag,
+                                                             tmp_path):
+  (tmp_path / 'file').write_text('')
+  args = [a.format(tmp=tmp_path) for a in args]
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark_sampled', *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith(f'error: --{flag}:'), \
+      proc.stderr
+  assert 'device:' not in proc.stdout
