@@ -566,7 +566,8 @@ def test_self_play_gradient_formula(beta):
 
 
 def test_online_ipo_loss_value():
-  """The loss itself against a double loop over pairs."""
+  """The loss itself against a double loop over pairs, less the term
+  ``E_rho C(sg pi)`` that rules.online_ipo_loss leaves out (no gradient)."""
   logits, preferences, log_ref, weights = objective_inputs(3, 2, 4)
   beta = 0.3
   log_pi = np_log_normalize(logits)
@@ -577,7 +578,8 @@ def test_online_ipo_loss_value():
       for z in range(4):
         h = log_pi[x, y] - log_pi[x, z] - log_ref[x, y] + log_ref[x, z]
         target = (preferences[x, y, z] - 0.5) / beta
-        want += weights[x] * pi[x, y] * pi[x, z] * (h - target) ** 2
+        want += weights[x] * pi[x, y] * pi[x, z] * ((h - target) ** 2 -
+                                                    target ** 2)
   got = rules.online_ipo_loss(logits, preferences, log_ref, weights, beta)
   assert float(got) == pytest.approx(want, rel=1e-12)
 
