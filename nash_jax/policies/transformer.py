@@ -431,7 +431,17 @@ class Transformer(nnx.Module):
     assert normals.used == normals.values.shape[0]
 
   def __call__(self, tokens, positions, key_mask, cache: KVCache | None = None):
-    """Logits of the next token at every input slot.
+    """Logits of the next token at every input slot: :meth:`hidden`, then
+    the head. Arguments and cache as :meth:`hidden`; returns ``(logits
+    [B, T, V], cache)``."""
+    x, cache = self.hidden(tokens, positions, key_mask, cache)
+    logits = self.embedder.decode(x) if self.tie_embeddings else self.head(x)
+    return logits, cache
+
+  def hidden(self, tokens, positions, key_mask,
+             cache: KVCache | None = None):
+    """The final-normed hidden state at every input slot (what the head
+    reads; a scalar head of a reward or preference model reads it too).
 
     Args:
       tokens: ``[B, T]`` int token ids.
@@ -443,7 +453,7 @@ class Transformer(nnx.Module):
         ``cache.index .. cache.index + T - 1`` receive these tokens.
 
     Returns:
-      ``(logits [B, T, V], cache)``: the updated cache (index advanced by
+      ``(hidden [B, T, D], cache)``: the updated cache (index advanced by
       ``T``), or ``None`` without one.
     """
     chex.assert_rank([tokens, positions, key_mask], 2)
@@ -465,10 +475,9 @@ class Transformer(nnx.Module):
       keys.append(k)
       values.append(v)
     x = self.final_norm(x)
-    logits = self.embedder.decode(x) if self.tie_embeddings else self.head(x)
     if cache is None:
-      return logits, None
-    return logits, KVCache(tuple(keys), tuple(values), index + num_new)
+      return x, None
+    return x, KVCache(tuple(keys), tuple(values), index + num_new)
 
 
 @functools.lru_cache(maxsize=64)
@@ -495,3 +504,10 @@ def apply(cfg: TransformerConfig, params: dict, tokens, positions, key_mask,
           cache: KVCache | None = None):
   """:meth:`Transformer.__call__` as a pure function of ``params``."""
   return module(cfg, params)(tokens, positions, key_mask, cache)
+
+
+def hidden_states(cfg: TransformerConfig, params: dict, tokens, positions,
+                  key_mask, cache: KVCache | None = None):
+  """:meth:`Transformer.hidden` as a pure function of ``params``: ``(hidden
+  [B, T, D], cache)``."""
+  return module(cfg, params).hidden(tokens, positions, key_mask, cache)
