@@ -6,6 +6,7 @@ import csv
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from typing import Callable
@@ -97,6 +98,9 @@ def define_multihost_flags() -> None:
                        '--distributed).')
   flags.DEFINE_integer('process_id', None, 'This process (with '
                        '--distributed).')
+  flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for the '
+                       'coordinator and the other processes (with '
+                       '--distributed); then stop with one error line.')
 
 
 def config_from_flags(**overrides) -> ExperimentConfig:
@@ -115,15 +119,44 @@ def start_jax(dtype: str) -> None:
     for name in ('coordinator_address', 'num_processes', 'process_id'):
       if f[name].value is not None:
         fail(f'--{name}: only used with --distributed')
+    if f['distributed_timeout'].present:
+      fail('--distributed_timeout: only used with --distributed')
     return
+  if f.distributed_timeout < 1:
+    fail(f'--distributed_timeout: must be >= 1, got {f.distributed_timeout}')
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if f.coordinator_address and f.process_id not in (None, 0):
+    wait_for_coordinator(f.coordinator_address, f.distributed_timeout)
   try:
     jax.distributed.initialize(coordinator_address=f.coordinator_address,
                                num_processes=f.num_processes,
-                               process_id=f.process_id)
+                               process_id=f.process_id,
+                               initialization_timeout=f.distributed_timeout)
   except (RuntimeError, ValueError) as e:
     fail(f'--distributed: jax.distributed.initialize failed: '
          f'{" ".join(str(e).split())[:300]}')
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+  """Waits until ``host:port`` accepts a TCP connection, or fails with one
+  line after ``timeout`` seconds. JAX's client aborts the whole process
+  (a C++ fatal error and a stack dump, not an exception) when it cannot
+  reach the coordinator, so a process other than 0 checks first."""
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    fail(f'--coordinator_address: expected host:port, got {address!r}')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host.strip('[]'), int(port)),
+                               timeout=max(0.1, min(5.0, timeout))).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        fail(f'--coordinator_address: {address} did not answer within '
+             f'{timeout:g} s (--distributed_timeout): '
+             f'{e.strerror or type(e).__name__}')
+      time.sleep(0.25)
 
 
 def quiet_logs() -> None:
@@ -252,6 +285,7 @@ def fail(message: str) -> None:
 USER_ERRORS = (ConfigError, GameFileError)
 ALGORITHM_NAMES = algorithms.ALGORITHM_NAMES
 SAMPLED_ALGORITHM_NAMES = algorithms.SAMPLED_ALGORITHM_NAMES
+BASELINE_NAMES = algorithms.REWARD_BASED_NAMES
 
 
 def report_sweep(cells, results, output_dir: str, start: float,

@@ -24,7 +24,8 @@ from nash_jax import experiment
 
 flags.DEFINE_string('algorithm', experiment.LMConfig().algorithm,
                     'Sampled algorithm: ' +
-                    ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '.')
+                    ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '; baselines: ' +
+                    ', '.join(common.BASELINE_NAMES) + '.')
 flags.DEFINE_multi_string(
     'sweep', [], 'NAME=V1,V2,...: run every combination of these values '
     '(repeat the flag for a grid) with all seeds in one compiled call; NAME '

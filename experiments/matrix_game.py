@@ -20,7 +20,8 @@ from nash_jax import experiment
 
 flags.DEFINE_string('algorithm', 'nash_mp', '--mode=exact: ' +
                     ', '.join(common.ALGORITHM_NAMES) + '; --mode=sampled: '
-                    + ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '.')
+                    + ', '.join(common.SAMPLED_ALGORITHM_NAMES) + ' and the '
+                    'baselines ' + ', '.join(common.BASELINE_NAMES) + '.')
 flags.DEFINE_multi_string(
     'sweep', [], 'NAME=V1,V2,...: run every combination of these values '
     '(repeat the flag for a grid) with all seeds in one compiled call; NAME '

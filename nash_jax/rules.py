@@ -152,7 +152,37 @@ def online_ipo_sample_loss(log_prob_y, log_prob_y_prime, log_ref_y,
   chex.assert_equal_shape([log_prob_y, log_prob_y_prime, log_ref_y,
                            log_ref_y_prime, outcome])
   h = (log_prob_y - log_ref_y) - (log_prob_y_prime - log_ref_y_prime)
+  return ipo_sample_loss(h, outcome, beta)
+
+
+def ipo_sample_loss(h, outcome, beta):
+  """IPO on one comparison with soft label ``o``: ``(h - (o - 1/2) /
+  beta)^2`` (Azar et al. 2023, arXiv 2310.12036).
+
+  ``h = log pi(y)/pi_ref(y) - log pi(y')/pi_ref(y')``. For a hard label it
+  is the expectation over which response won of IPO's ``(h_{w,l} - 1/(2
+  beta))^2`` up to a constant: ``o (h - c)^2 + (1 - o) (h + c)^2 = (h - (2o
+  - 1) c)^2 + const`` with ``c = 1/(2 beta)``. Online IPO draws ``y, y'``
+  from ``sg pi``; offline IPO from a fixed dataset.
+  """
+  chex.assert_equal_shape([h, outcome])
   return (h - (outcome - 0.5) / beta) ** 2
+
+
+def dpo_sample_loss(h, outcome, beta):
+  """DPO on one comparison with soft label ``o`` (Rafailov et al. 2023,
+  arXiv 2305.18290): ``-o log sigmoid(beta h) - (1 - o) log sigmoid(-beta
+  h)``.
+
+  ``h = log pi(y)/pi_ref(y) - log pi(y')/pi_ref(y')``; a hard label
+  ``o = 1`` (``y`` won) gives DPO's ``-log sigmoid(beta h_{w,l})``. With
+  ``beta = 1`` and ``h = r(y) - r(y')`` it is the Bradley-Terry negative
+  log-likelihood of a reward model (Bradley & Terry 1952).
+  """
+  chex.assert_equal_shape([h, outcome])
+  z = beta * h
+  return -(outcome * jax.nn.log_sigmoid(z) +
+           (1 - outcome) * jax.nn.log_sigmoid(-z))
 
 
 def self_play_pg_sample_loss(log_prob_y, log_ref_y, outcome, baseline, beta):

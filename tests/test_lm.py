@@ -457,3 +457,68 @@ def test_transformer_defaults_to_adam_at_1e_4():
     config = algorithms_lib.resolve_config(
         name, AlgorithmConfig(mode='sampled'), 4, 1, 'transformer')
     assert (config.optimizer, config.learning_rate) == ('adam', 1e-4)
+
+
+# --------------------------------------------------------------------------
+# Issue 10: a fine-tuned reference, a learned training oracle, a baseline,
+# and the cost of a run, in one run of the binary.
+
+
+def test_lm_sft_reference_learned_oracle_baseline_and_cost(tmp_path):
+  out = tmp_path / 'run'
+  proc = _lm(out, '--algorithm=bt_rlhf', '--num_steps=6', '--eval_every=3',
+             '--offline_pairs=48', '--reward_steps=20', '--sft_steps=60',
+             '--sft_batch_size=16', '--train_oracle=learned',
+             '--oracle_pairs=64', '--oracle_held_out=32',
+             '--oracle_steps=20', '--oracle_d_model=8',
+             '--checkpoint_every=0')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ref = json.loads((out / 'reference.json').read_text())
+  assert ref['sft_steps'] == 60
+  # SFT moved pi_ref towards the corpus (exact KL over the listed
+  # responses).
+  assert (ref['kl_corpus_to_reference_after'] <
+          ref['kl_corpus_to_reference_before'])
+  oracle = json.loads((out / 'oracle.json').read_text())
+  assert oracle['train_oracle'] == 'learned'
+  assert oracle['ground_truth_queries'] == 96
+  assert 0 <= oracle['held_out']['accuracy'] <= 1
+  # pi_ref in game.npz is the fine-tuned model's listed distribution.
+  game = np.load(out / 'game.npz')
+  assert np.all(np.abs(game['ref_policy'] - 1 / game['ref_policy'].shape[1])
+                .max(-1) > 1e-3)
+  summary = json.loads((out / 'summary.json').read_text())
+  # bt_rlhf asks every query at init: the dataset, nothing per step.
+  assert [f['preference_queries'] for f in summary['final']] == [48, 48]
+  cost = summary['cost']
+  assert cost['step_flops'] > 0
+  assert cost['training_flops'] == pytest.approx(6 * cost['step_flops'])
+  assert cost['peak_host_memory_bytes'] > 0
+
+
+def test_generation_flops_are_counted_for_every_token():
+  """XLA's cost analysis counts a loop body once; with counting_flops the
+  token loop is unrolled, so every token is counted."""
+  config = transformer.TransformerConfig(vocab_size=8, d_model=16,
+                                         num_layers=1, num_heads=2,
+                                         num_kv_heads=1, mlp_dim=16)
+  params = transformer.init_params(jax.random.PRNGKey(0), config)
+  x = tokens.TokenContexts(index=jnp.zeros(4, jnp.int32),
+                           tokens=jnp.ones((4, 3), jnp.int32),
+                           mask=jnp.ones((4, 3), bool))
+
+  def flops(length, counting):
+    fn = lambda p: sequence.generate(jax.random.PRNGKey(1), p, x, length,
+                                     config)[0]
+    if counting:
+      with sequence.counting_flops():
+        return jax.jit(fn).lower(params).cost_analysis()['flops']
+    return jax.jit(fn).lower(params).cost_analysis()['flops']
+
+  counted = [flops(n, True) for n in (3, 5, 7)]
+  # At least linear in the length (each token's attention also reads a
+  # longer cache).
+  assert counted[2] - counted[1] >= counted[1] - counted[0] > 0
+  # Negative control: the rolled loop counts far less per token.
+  rolled = [flops(n, False) for n in (3, 5)]
+  assert rolled[1] - rolled[0] < 0.5 * (counted[1] - counted[0])

@@ -702,3 +702,25 @@ def test_benchmark_sampled_refuses_bad_input_before_any_work(args, flag,
   assert len(lines) == 1 and lines[0].startswith(f'error: --{flag}:'), \
       proc.stderr
   assert 'device:' not in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# Item 14: an unreachable coordinator is one line after --distributed_timeout
+# (JAX's own client would abort the process with a C++ stack dump).
+
+
+def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
+  import socket
+  with socket.socket() as s:  # A free port that nothing listens on.
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  proc = _start('experiments.matrix_game', '--distributed',
+                f'--coordinator_address=127.0.0.1:{port}',
+                '--num_processes=2', '--process_id=1',
+                '--distributed_timeout=1', f'--output_dir={tmp_path / "o"}')
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2
+  assert _lines(err) == [
+      f'error: --coordinator_address: 127.0.0.1:{port} did not answer '
+      'within 1 s (--distributed_timeout): Connection refused']
+  assert not (tmp_path / 'o').exists()

@@ -18,7 +18,12 @@ import dataclasses
 import math
 from typing import Callable
 
-from nash_jax.algorithms import policy_space, sampled, softmax_pg
+from nash_jax.algorithms import (
+  policy_space,
+  reward_based,
+  sampled,
+  softmax_pg,
+)
 from nash_jax.algorithms.base import (
   ANCHORS,
   MODES,
@@ -135,9 +140,23 @@ SAMPLED_ALGORITHMS: dict[str, AlgorithmSpec] = {
                                 True, 'batch_size'),
 }
 
+# The sampled NLHF algorithms (every step asks batch_size queries).
 SAMPLED_ALGORITHM_NAMES = tuple(SAMPLED_ALGORITHMS)
+# Reward-based and offline baselines: offline_pairs queries at init, none
+# after (reward_based.py).
+SAMPLED_ALGORITHMS.update({
+    'bt_rlhf': AlgorithmSpec(reward_based.make_bt_rlhf, None, None, True,
+                             True, 'offline_pairs at init, 0 per step'),
+    'dpo': AlgorithmSpec(reward_based.make_dpo, None, None, True, True,
+                         'offline_pairs at init, 0 per step'),
+    'offline_ipo': AlgorithmSpec(reward_based.make_offline_ipo, None, None,
+                                 True, True,
+                                 'offline_pairs at init, 0 per step'),
+})
+# The baselines, which learn from a fixed dataset of pi_ref comparisons.
+REWARD_BASED_NAMES = tuple(reward_based.REWARD_BASED_MAKERS)
 ALL_ALGORITHM_NAMES = tuple(dict.fromkeys(ALGORITHM_NAMES +
-                                          SAMPLED_ALGORITHM_NAMES))
+                                          tuple(SAMPLED_ALGORITHMS)))
 
 
 def _spec(name, mode='exact') -> AlgorithmSpec:
@@ -184,7 +203,8 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
   (4 (beta + 1/4))`` for the policy-gradient forms (``self_play_pg``,
   ``nash_md_pg``, ``approx_nash_mp``), times ``beta / 4`` for the IPO forms
   (``online_ipo``, ``nash_prox``), whose gradients are ``4 / beta`` times
-  larger. Noise sets a KL floor about proportional to the rate: on random
+  larger (and offline IPO's, the same loss on fixed data; DPO and
+  bt_rlhf take the policy-gradient rate). Noise sets a KL floor about proportional to the rate: on random
   games (n = 20, beta = 0.1, batch 64) the full exact rate left online IPO at
   a median KL of 1.2e-2 after 200,000 queries, a quarter of it at 3e-3.
   ``sgd``, log-linear or MLP: the same without the context factor (their
@@ -201,7 +221,7 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
     return 1e-4 if policy == 'transformer' else 0.003
   scale = num_contexts if policy == 'tabular' else 1 / max(feature_dim, 1)
   lr = scale / (4 * (beta + 0.25))
-  if name in ('online_ipo', 'nash_prox'):
+  if name in ('online_ipo', 'nash_prox', 'offline_ipo'):
     lr *= beta / 4
   return lr
 
@@ -276,6 +296,16 @@ def _validate_sampled_settings(config: AlgorithmConfig) -> None:
 
 def _validate_sampled(name: str, config: AlgorithmConfig) -> None:
   """The checks of the sampled mode's algorithm-specific settings."""
+  if config.offline_pairs < 1:
+    raise ConfigError('offline_pairs', f'must be >= 1, got '
+                      f'{config.offline_pairs}')
+  if config.reward_steps < 0:
+    raise ConfigError('reward_steps', f'must be >= 0, got '
+                      f'{config.reward_steps}')
+  if not (math.isfinite(config.reward_learning_rate)
+          and config.reward_learning_rate > 0):
+    raise ConfigError('reward_learning_rate', f'must be a finite number > '
+                      f'0, got {config.reward_learning_rate}')
   if name == 'approx_nash_mp' and config.inner_steps < 1:
     raise ConfigError('inner_steps', f'approx_nash_mp needs >= 1 policy-'
                       f'gradient steps per half step, got {config.inner_steps}')
@@ -347,13 +377,20 @@ def validate_config(name: str, config: AlgorithmConfig,
 
 
 def make_algorithm(name: str, config: AlgorithmConfig, policy: Policy,
-                   env: Environment | None = None) -> Algorithm:
+                   env: Environment | None = None,
+                   reward_model: reward_based.RewardModel | None = None
+                   ) -> Algorithm:
   """Builds algorithm ``name`` of ``config.mode`` from a resolved, validated
   config, a policy (the exact mode: a tabular one, for its initialization)
-  and, for the sampled mode, the environment."""
+  and, for the sampled mode, the environment; ``bt_rlhf`` also takes its
+  :class:`~nash_jax.algorithms.reward_based.RewardModel` (default: a table
+  over a tabular game's responses)."""
   if config.mode == 'sampled' and env is None:
     raise ValueError('a sampled algorithm needs an environment')
-  return _spec(name, config.mode).make(config, policy, env)
+  spec = _spec(name, config.mode)
+  if config.mode == 'sampled' and name == 'bt_rlhf':
+    return spec.make(config, policy, env, reward_model)
+  return spec.make(config, policy, env)
 
 
 __all__ = [
@@ -362,5 +399,5 @@ __all__ = [
     'SampledState', 'SHARED_PARAMETER_POLICIES',
     'SAMPLED_ALGORITHMS', 'SAMPLED_ALGORITHM_NAMES', 'make_algorithm',
     'resolve_config', 'validate_config', 'default_learning_rate',
-    'default_sampled_learning_rate',
+    'default_sampled_learning_rate', 'REWARD_BASED_NAMES',
 ]

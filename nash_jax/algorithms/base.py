@@ -79,7 +79,8 @@ class AlgorithmConfig:
                       '(1 query = one evaluation of g_pi); sampled: sampled '
                       'responses and preference outcomes with a '
                       'parametrized --policy (online_ipo, self_play_pg, '
-                      'nash_prox, approx_nash_mp, nash_md_pg).')
+                      'nash_prox, approx_nash_mp, nash_md_pg; the '
+                      'baselines bt_rlhf, dpo, offline_ipo).')
   batch_size: int = setting(64, 'Sampled mode: comparisons per step, one '
                             'preference query each.')
   anchor: str = setting('copy', 'nash_prox: copy (theta_k <- theta every '
@@ -97,6 +98,15 @@ class AlgorithmConfig:
                           'cosine (to 0 over --decay_steps).')
   decay_steps: int | None = setting(None, 'Steps of the cosine decay '
                                     '(default: --num_steps).', int)
+  offline_pairs: int = setting(1024, 'dpo, offline_ipo, bt_rlhf: labelled '
+                               'comparisons of pi_ref samples in their fixed '
+                               'dataset (one preference query each, all '
+                               'asked at the start).')
+  reward_steps: int = setting(2000, 'bt_rlhf: adam steps fitting the '
+                              'Bradley-Terry reward to the dataset '
+                              '(minibatches of --batch_size).')
+  reward_learning_rate: float = setting(0.05, 'bt_rlhf: adam step size of '
+                                        'the reward fit.')
 
   def replace(self, **kwargs) -> 'AlgorithmConfig':
     return dataclasses.replace(self, **kwargs)
@@ -137,6 +147,8 @@ class SampledState:
     generated_tokens: tokens sampled so far (responses and opponents;
       ``Policy.num_tokens``), 0 for policies that do not generate tokens.
     key: PRNG key of the next step.
+    data: what an offline or reward-based algorithm learns from (its fixed
+      dataset of comparisons, or its fitted reward model), else ``None``.
   """
 
   params: Any
@@ -147,6 +159,7 @@ class SampledState:
   preference_queries: chex.Array
   generated_tokens: chex.Array
   key: chex.Array
+  data: Any = None
 
 
 class Algorithm(NamedTuple):

@@ -25,6 +25,7 @@ from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import policies as policies_lib
 from nash_jax import reference
+from nash_jax import sft as sft_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.environments.tabular import ORACLES
 from nash_jax.environments.tokens import (
@@ -478,7 +479,8 @@ def unused_by(config, name: str) -> str | None:
   if spec is None:
     return None
   sampled_only = {'batch_size', 'oracle', 'anchor', 'anchor_every',
-                  'anchor_tau', 'mixture'}
+                  'anchor_tau', 'mixture', 'offline_pairs', 'reward_steps',
+                  'reward_learning_rate'}
   if mode == 'exact' and name in sampled_only:
     return '--mode=exact'
   needs = {
@@ -491,6 +493,9 @@ def unused_by(config, name: str) -> str | None:
       'anchor_every': name_of == 'nash_prox',
       'anchor_tau': name_of == 'nash_prox',
       'mixture': name_of == 'nash_md_pg',
+      'offline_pairs': name_of in algorithms_lib.REWARD_BASED_NAMES,
+      'reward_steps': name_of == 'bt_rlhf',
+      'reward_learning_rate': name_of == 'bt_rlhf',
       **{k: spec.parameter_space for k in _OPTIMIZER_SETTINGS},
   }
   if not needs.get(name, True):
@@ -541,6 +546,7 @@ def hyperparameters(config: ExperimentConfig) -> dict:
 
 _SPEC = TokenEnvSpec()
 _MODEL = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+_WRITER = sft_lib.Writer()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -617,19 +623,75 @@ class SampleLogConfig:
                              'evaluation, per seed.')
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """Supervised fine-tuning of the reference on the writer's corpus
+  (:mod:`nash_jax.sft`) before post-training; 0 steps keeps the randomly
+  initialized model as pi_ref."""
+
+  sft_steps: int = setting(0, 'Adam steps of supervised fine-tuning of the '
+                           'reference model on the synthetic corpus before '
+                           'post-training (0: pi_ref is the random '
+                           'initial model).')
+  sft_batch_size: int = setting(64, 'Corpus responses per SFT step.')
+  sft_learning_rate: float = setting(3e-3, 'Adam step size of SFT.')
+  corpus_stop: float = setting(_WRITER.stop, 'The corpus writer\'s '
+                               'probability of ending (EOS) before each '
+                               'token.')
+  corpus_topic: float = setting(_WRITER.topic, 'The corpus writer\'s '
+                                'probability that a token is the prompt\'s '
+                                'topic (else another content token, '
+                                'uniformly).')
+
+  def writer(self) -> sft_lib.Writer:
+    return sft_lib.Writer(stop=self.corpus_stop, topic=self.corpus_topic)
+
+
+TRAIN_ORACLES = ('annotators', 'learned', 'judge')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOracleConfig:
+  """Which oracle answers training queries (:mod:`nash_jax.
+  preference_models`); evaluation always uses the ground-truth annotators."""
+
+  train_oracle: str = setting('annotators', 'Oracle of the training '
+                              'queries: annotators (the ground truth), '
+                              'learned (a pairwise preference model fitted '
+                              'to --oracle_pairs ground-truth comparisons of '
+                              'pi_ref samples) or judge (a language model '
+                              'asked which response is better; here a '
+                              'random transformer from --oracle_seed, which '
+                              'exercises the mechanics only). Evaluation '
+                              'always uses the ground truth.')
+  oracle_pairs: int = setting(2048, 'learned: ground-truth comparisons it '
+                              'is fitted to (one preference query each).')
+  oracle_held_out: int = setting(512, 'learned: held-out ground-truth '
+                                 'comparisons its accuracy is measured on.')
+  oracle_steps: int = setting(1000, 'learned: adam steps of its fit.')
+  oracle_batch_size: int = setting(64, 'learned: comparisons per fit step.')
+  oracle_learning_rate: float = setting(3e-3, 'learned: adam step size.')
+  oracle_d_model: int = setting(32, 'learned, judge: transformer width.')
+  oracle_num_layers: int = setting(1, 'learned, judge: transformer blocks.')
+  oracle_seed: int = setting(0, 'learned, judge: seed of the model\'s '
+                             'initialization and of its data.')
+
+
 LM_DTYPES = ('float32', 'float64')
 # Settings of the exact mode that a language model does not have.
 _EXACT_ONLY = ('mode', 'inner_tolerance', 'max_inner_steps', 'inner_eta')
 
 LMConfig = compose(
     'LMConfig', (TokenGameConfig, OracleConfig,
-                 (AlgorithmConfig, _EXACT_ONLY), ModelConfig,
-                 SampleLogConfig, RunConfig),
+                 (AlgorithmConfig, _EXACT_ONLY), ModelConfig, SFTConfig,
+                 TrainOracleConfig, SampleLogConfig, RunConfig),
     """Every setting of a language-model run (``experiments.lm``): the flat
     composition of :class:`TokenGameConfig`, :class:`OracleConfig`,
     :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled mode),
-    :class:`ModelConfig`, :class:`SampleLogConfig` and :class:`RunConfig`.""",
+    :class:`ModelConfig`, :class:`SFTConfig`, :class:`TrainOracleConfig`,
+    :class:`SampleLogConfig` and :class:`RunConfig`.""",
     {'algorithm_config': lambda self: group_of(self, AlgorithmConfig),
+     'writer': lambda self: group_of(self, SFTConfig).writer(),
      'spec': lambda self: group_of(self, TokenGameConfig).spec(),
      'transformer_config': lambda self: group_of(
          self, ModelConfig).transformer_config(
@@ -658,7 +720,7 @@ def validate_lm(config):
     ConfigError: naming the flag.
   """
   _check_int_sizes(config)
-  names = algorithms_lib.SAMPLED_ALGORITHM_NAMES
+  names = tuple(algorithms_lib.SAMPLED_ALGORITHMS)
   if config.algorithm not in names:
     raise ConfigError('algorithm', f'{config.algorithm!r} does not run on a '
                       f'language model; expected one of {", ".join(names)}')
@@ -666,7 +728,11 @@ def validate_lm(config):
   for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
                         ('seed_block', 1), ('checkpoint_every', 0),
                         ('keep_checkpoints', 1), ('num_samples', 0),
-                        ('model_seed', 0)):
+                        ('model_seed', 0), ('sft_steps', 0),
+                        ('sft_batch_size', 1), ('oracle_pairs', 1),
+                        ('oracle_held_out', 0), ('oracle_steps', 0),
+                        ('oracle_batch_size', 1), ('oracle_d_model', 2),
+                        ('oracle_num_layers', 1), ('oracle_seed', 0)):
     _positive_int(config, flag, minimum)
   _check_seed(config)
   if not (math.isfinite(config.temperature) and config.temperature > 0):
@@ -675,6 +741,22 @@ def validate_lm(config):
   if config.oracle not in ORACLES:
     raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
                       f'one of {", ".join(ORACLES)}')
+  if not (math.isfinite(config.sft_learning_rate)
+          and config.sft_learning_rate > 0):
+    raise ConfigError('sft_learning_rate', f'must be a finite number > 0, '
+                      f'got {config.sft_learning_rate}')
+  sft_lib.check_writer(config.writer(), config.vocab_size)
+  if config.train_oracle not in TRAIN_ORACLES:
+    raise ConfigError('train_oracle', f'unknown oracle '
+                      f'{config.train_oracle!r}; expected one of '
+                      f'{", ".join(TRAIN_ORACLES)}')
+  if not (math.isfinite(config.oracle_learning_rate)
+          and config.oracle_learning_rate > 0):
+    raise ConfigError('oracle_learning_rate', f'must be a finite number > '
+                      f'0, got {config.oracle_learning_rate}')
+  if config.train_oracle != 'annotators' and config.oracle_d_model % 4:
+    raise ConfigError('oracle_d_model', f'must be a multiple of 4 (2 heads '
+                      f'of even size), got {config.oracle_d_model}')
   check_spec(config.spec())
   validate_transformer_config(config.transformer_config())
   _check_outputs(config)
@@ -682,5 +764,6 @@ def validate_lm(config):
     config = config.replace(decay_steps=config.num_steps)
   alg_config = resolve_algorithm(config, config.num_prompts, 1,
                                  'transformer')
+  # Sampled mode on one token game (the rule does not read n there).
   return _resolved(config, alg_config, ('eta', 'learning_rate',
                                          'inner_steps', 'optimizer'))

@@ -5,6 +5,7 @@ algorithm built from its config, policy class and environment.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -14,8 +15,9 @@ import numpy as np
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import policies as policies_lib
-from nash_jax import reference
+from nash_jax import preference_models, reference, sft
 from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.algorithms.reward_based import table_reward_model
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.experiment.config import (
@@ -96,7 +98,8 @@ def _maker(name: str, structure: AlgorithmConfig, policy: PolicyConfig,
   policy_fn = policies_lib.make_policy(policy)
   env = make_tabular_environment(oracle)
   return lambda hyper: algorithms_lib.make_algorithm(
-      name, structure.replace(**hyper), policy_fn, env)
+      name, structure.replace(**hyper), policy_fn, env,
+      reward_model=table_reward_model())
 
 
 def algorithm_maker(config: ExperimentConfig):
@@ -129,6 +132,84 @@ def lm_environment(spec, oracle: str, tconfig, temperature):
                                                 temperature), oracle)
 
 
+def lm_reward_model(spec):
+  """``bt_rlhf``'s reward model in the token game: a table over the listed
+  responses (the most expressive Bradley-Terry model)."""
+  return table_reward_model(
+      tokens_lib.num_responses(spec.vocab_size, spec.max_length),
+      lambda y: tokens_lib.response_index(y, spec.vocab_size,
+                                          spec.max_length))
+
+
+def oracle_transformer_config(config) -> transformer.TransformerConfig:
+  """The learned preference model's or the judge's architecture: width
+  ``oracle_d_model``, ``oracle_num_layers`` blocks, 2 heads, SwiGLU width
+  ``2 oracle_d_model``, the policy's vocabulary and dtype."""
+  return transformer.TransformerConfig(
+      vocab_size=tokens_lib.model_vocab_size(config.vocab_size),
+      d_model=config.oracle_d_model, num_layers=config.oracle_num_layers,
+      num_heads=2, num_kv_heads=2, mlp_dim=2 * config.oracle_d_model,
+      param_dtype=config.dtype)
+
+
+def training_oracle(config, env_params, reference,
+                    log: Callable[[str], None] = lambda line: None):
+  """The oracle that answers training queries, or ``None`` for the
+  ground-truth annotators (``train_oracle``). Returns ``(oracle, params,
+  report)``.
+
+  ``learned``: a pairwise preference model (:func:`nash_jax.
+  preference_models.make_pairwise_model`) fitted to ``oracle_pairs``
+  ground-truth comparisons of two pi_ref samples per prompt (labels as
+  ``--oracle`` says: Bernoulli or the probability), its accuracy and
+  log-loss measured on ``oracle_held_out`` more (:func:`~nash_jax.
+  preference_models.evaluate_fit`); both cost ground-truth queries, which
+  the report counts. ``judge``: :func:`~nash_jax.preference_models.
+  make_judge` with a random transformer from ``oracle_seed`` and the
+  synthetic template (mechanics only: an untrained judge says about 1/2).
+  """
+  if config.train_oracle == 'annotators':
+    return None
+  ocfg = oracle_transformer_config(config)
+  key = jax.random.PRNGKey(config.oracle_seed)
+  init_key, data_key, fit_key = jax.random.split(key, 3)
+  if config.train_oracle == 'judge':
+    params = transformer.init_params(init_key, ocfg)
+    oracle = preference_models.make_judge(
+        ocfg, preference_models.synthetic_judge_template(config.vocab_size))
+    return oracle, params, {'train_oracle': 'judge', 'ground_truth_queries':
+                            0, 'oracle_seed': config.oracle_seed}
+  log(f'[{config.algorithm}] fitting the learned preference model to '
+      f'{config.oracle_pairs} ground-truth comparisons')
+  spec = config.spec()
+  policy = lm_policy(config.transformer_config(), spec.max_length,
+                     config.temperature)
+  truth = preference_models.annotator_oracle()
+  train, held = preference_models.make_comparisons(
+      data_key, functools.partial(tokens_lib.sample_contexts, env_params),
+      lambda k, x: policy.sample(k, reference, x), truth,
+      preference_models.annotator_params(env_params), config.oracle_pairs,
+      config.oracle_held_out, config.oracle)
+  model = preference_models.make_pairwise_model(ocfg)
+  params = preference_models.fit(
+      fit_key, model, model.init(init_key), train.pairs, train.labels,
+      config.oracle_steps, config.oracle_batch_size,
+      config.oracle_learning_rate)
+  report = {'train_oracle': 'learned', 'model': 'pairwise',
+            'ground_truth_queries': config.oracle_pairs +
+            config.oracle_held_out, 'oracle_pairs': config.oracle_pairs,
+            'oracle_held_out': config.oracle_held_out,
+            'oracle_steps': config.oracle_steps}
+  if config.oracle_held_out:
+    fitted = preference_models.evaluate_fit(model.oracle(), params,
+                                            held.pairs, held.probabilities)
+    report['held_out'] = {k: float(v) for k, v in fitted.items()}
+    log(f'[{config.algorithm}] learned preference model: held-out '
+        f'accuracy {report["held_out"]["accuracy"]:.3f}, excess log-loss '
+        f'{report["held_out"]["excess_log_loss"]:.4f}')
+  return model.oracle(), params, report
+
+
 @functools.lru_cache(maxsize=16)
 def _lm_maker(name: str, structure, spec, oracle: str, tconfig):
   def make(hyper):
@@ -137,26 +218,98 @@ def _lm_maker(name: str, structure, spec, oracle: str, tconfig):
         name, structure.replace(**{k: v for k, v in hyper.items()
                                    if k != 'temperature'}),
         lm_policy(tconfig, spec.max_length, temperature),
-        lm_environment(spec, oracle, tconfig, temperature))
+        lm_environment(spec, oracle, tconfig, temperature),
+        reward_model=lm_reward_model(spec))
   return make
 
 
-def lm_maker(config):
+def lm_maker(config, oracle=None):
   """``make(hyper) -> Algorithm`` of an LM config: the sampled algorithm
   with the transformer policy and the token environment, the swept values
-  and the temperature traced (cached per structure)."""
+  and the temperature traced (cached per structure). ``oracle``: the
+  ``(oracle, params, report)`` of :func:`training_oracle`, which then
+  answers the training queries (not cached)."""
   swept = lm_hyperparameters(config)
   structure = config.algorithm_config().replace(
       **{k: 'swept' for k in swept if k != 'temperature'})
-  return _lm_maker(config.algorithm, structure, config.spec(), config.oracle,
+  make = _lm_maker(config.algorithm, structure, config.spec(), config.oracle,
                    config.transformer_config())
+  if oracle is None:
+    return make
+  spec, tconfig = config.spec(), config.transformer_config()
+
+  def make_with_oracle(hyper):
+    temperature = hyper['temperature']
+    env = preference_models.with_oracle(
+        lm_environment(spec, config.oracle, tconfig, temperature),
+        oracle[0], oracle[1], config.oracle)
+    return algorithms_lib.make_algorithm(
+        config.algorithm, structure.replace(**{
+            k: v for k, v in hyper.items() if k != 'temperature'}),
+        lm_policy(tconfig, spec.max_length, temperature), env,
+        reward_model=lm_reward_model(spec))
+  return make_with_oracle
 
 
 def reference_params(config):
-  """The reference model: the transformer initialized from
-  ``model_seed`` (every seed starts from it)."""
-  return transformer.init_params(jax.random.PRNGKey(config.model_seed),
-                                 config.transformer_config())
+  """The reference model (every seed starts from it): the transformer
+  initialized from ``model_seed``, then fine-tuned for ``sft_steps`` on the
+  writer's corpus (:func:`reference_model`)."""
+  return reference_model(config)[0]
+
+
+def reference_model(config, log: Callable[[str], None] = lambda line: None):
+  """``(params, report)``: the reference model and, after SFT, what it
+  achieved (``None`` without SFT).
+
+  The transformer is initialized from ``PRNGKey(model_seed)``; with
+  ``sft_steps > 0`` it is fine-tuned (:func:`nash_jax.sft.fit`, batches
+  from ``fold_in(PRNGKey(model_seed), 1)``) on the writer's corpus at the
+  policy's temperature, so that the tempered pi_ref fits the corpus. The
+  report holds the settings, the corpus entropy ``H(q)``, the exact
+  ``KL(q || pi_ref)`` before and after (listed responses, averaged under
+  ``rho``) and the loss curve (at most 100 points, each a mean over its
+  steps).
+  """
+  tconfig = config.transformer_config()
+  key = jax.random.PRNGKey(config.model_seed)
+  params = transformer.init_params(key, tconfig)
+  if config.sft_steps == 0:
+    return params, None
+  spec, writer = config.spec(), config.writer()
+  log(f'[{config.algorithm}] supervised fine-tuning of the reference: '
+      f'{config.sft_steps} steps of {config.sft_batch_size} corpus responses')
+  env = tokens_lib.token_env_params(spec, dtype=jnp.dtype(config.dtype))
+  temperature = config.temperature
+  log_prob = lambda p, x, y: sequence.log_prob(tconfig, p, x, y, temperature)
+  sample = sft.writer_sampler(writer, env, spec.max_length, spec.vocab_size)
+  tuned, losses = sft.fit(jax.random.fold_in(key, 1), log_prob, params,
+                          sample, config.sft_steps, config.sft_batch_size,
+                          config.sft_learning_rate)
+  log_q = sft.writer_log_policy(writer, env, spec.vocab_size)
+
+  def kl(p):
+    log_pi = tokens_lib.listed_log_probs(log_prob, p, env)
+    return float(sft.corpus_kl(log_q, log_pi, env.context_weights))
+
+  losses = np.asarray(losses, np.float64)
+  points = min(100, len(losses))
+  edges = np.linspace(0, len(losses), points + 1).astype(int)
+  report = {
+      'sft_steps': config.sft_steps, 'sft_batch_size': config.sft_batch_size,
+      'sft_learning_rate': config.sft_learning_rate,
+      'corpus': dataclasses.asdict(writer),
+      'corpus_entropy': -float(jnp.sum(env.context_weights * jnp.sum(
+          jnp.where(log_q > -jnp.inf, jnp.exp(log_q) * log_q, 0.0), -1))),
+      'kl_corpus_to_reference_before': kl(params),
+      'kl_corpus_to_reference_after': kl(tuned),
+      'loss': [[int(edges[i + 1]), float(losses[edges[i]:edges[i + 1]].mean())]
+               for i in range(points)]}
+  log(f'[{config.algorithm}] SFT: KL(corpus || pi_ref) '
+      f'{report["kl_corpus_to_reference_before"]:.4f} -> '
+      f'{report["kl_corpus_to_reference_after"]:.4f} (corpus entropy '
+      f'{report["corpus_entropy"]:.4f})')
+  return tuned, report
 
 
 def lm_env_params(config, reference=None):

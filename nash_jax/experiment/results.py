@@ -39,6 +39,7 @@ class Results:
   final_policy: np.ndarray   # [S, X, n]
   equilibrium: np.ndarray    # [S, X, n]
   wall_time: float
+  cost: dict | None = None   # what the run cost (see run.run_cost)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -315,10 +316,13 @@ def summary(results: Results) -> dict:
   per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns},
                'diverged': kinds[i]} for i, s in enumerate(seeds)]
   mean = {c: float(np.mean(last[c])) for c in columns}
-  return {'algorithm': results.config.algorithm, 'final': per_seed,
-          'mean': mean, 'wall_time_s': results.wall_time,
-          'diverged': {kind: [s for s, k in zip(seeds, kinds) if k == kind]
-                       for kind in ('inf', 'nan')}}
+  out = {'algorithm': results.config.algorithm, 'final': per_seed,
+         'mean': mean, 'wall_time_s': results.wall_time,
+         'diverged': {kind: [s for s, k in zip(seeds, kinds) if k == kind]
+                      for kind in ('inf', 'nan')}}
+  if results.cost is not None:
+    out['cost'] = results.cost
+  return out
 
 
 def json_safe(obj):
@@ -447,6 +451,8 @@ class LMResults(Results):
   ``[N, L]`` and the prompts ``[X, P]`` (with their mask)."""
 
   game: Any = None
+  reference_report: dict | None = None
+  oracle_report: dict | None = None
   responses: np.ndarray | None = None
   prompts: np.ndarray | None = None
   prompt_mask: np.ndarray | None = None
@@ -498,9 +504,12 @@ def sample_records(results: LMResults):
 def write_lm_results(results: LMResults, output_dir: str | None = None):
   """Writes a language-model run: the files of :func:`write_results`
   (``final_policy.npy`` and ``equilibrium.npy`` are ``[S, X, N]`` over the
-  listed responses) and samples.jsonl, responses.npy ``[N, L]`` and game.npz
+  listed responses) and samples.jsonl, responses.npy ``[N, L]``, game.npz
   (the induced game in the game-file format: ``preferences``,
-  ``ref_policy``, ``context_weights``)."""
+  ``ref_policy``, ``context_weights``), after SFT of the reference
+  reference.json (:func:`nash_jax.experiment.inputs.reference_model`) and,
+  with a learned oracle or a judge, oracle.json
+  (:func:`nash_jax.experiment.inputs.training_oracle`)."""
 
   def write_jsonl(tmp):
     with open(tmp, 'w') as f:
@@ -519,5 +528,9 @@ def write_lm_results(results: LMResults, output_dir: str | None = None):
     atomic_write(join('samples.jsonl'), write_jsonl)
     write_npy(join('responses.npy'), results.responses)
     atomic_write(join('game.npz'), write_game)
+    if results.reference_report is not None:
+      write_json(join('reference.json'), results.reference_report)
+    if results.oracle_report is not None:
+      write_json(join('oracle.json'), results.oracle_report)
 
   write_results(results, output_dir, extra)

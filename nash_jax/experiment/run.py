@@ -7,6 +7,7 @@ metrics, checkpoints and bit-exact resume.
 from __future__ import annotations
 
 import functools
+import resource
 import signal
 import sys
 import threading
@@ -35,8 +36,10 @@ from nash_jax.experiment.inputs import (
   lm_environment,
   lm_equilibrium,
   lm_maker,
+  reference_model,
   seed_keys,
   shares_game,
+  training_oracle,
 )
 from nash_jax.experiment.results import (
   LMResults,
@@ -48,6 +51,7 @@ from nash_jax.experiment.results import (
 )
 from nash_jax.experiment.sweep import sweep_checkpoint_config
 from nash_jax.games import Game
+from nash_jax.policies import sequence
 
 
 @functools.lru_cache(maxsize=64)
@@ -337,7 +341,8 @@ def run_lm(configs, output_dir: str | None = None,
   log(f'[{config.algorithm}] token game: {spec.num_prompts} prompts, '
       f'{tokens_lib.num_responses(spec.vocab_size, spec.max_length)} '
       f'responses each; listing the reference model')
-  env_params = lm_env_params(config)
+  reference, reference_report = reference_model(config, log)
+  env_params = lm_env_params(config, reference)
   game = jax.tree.map(lambda a: np.asarray(a, np.float64),
                       tokens_lib.game_of(env_params))
   equilibria = {}
@@ -361,7 +366,8 @@ def run_lm(configs, output_dir: str | None = None,
                   axis=0).astype(dtype))
     env_params = jax.tree.map(lambda a: np.broadcast_to(
         np.asarray(a), (num_cells * num_seeds,) + np.shape(a)), env_params)
-  make = lm_maker(config)
+  trained_oracle = training_oracle(config, env_params, reference, log)
+  make = lm_maker(config, trained_oracle)
   hyper = {k: np.repeat(np.asarray([lm_hyperparameters(c)[k]
                                     for c in configs], dtype), num_seeds)
            for k in lm_hyperparameters(config)}
@@ -383,6 +389,8 @@ def run_lm(configs, output_dir: str | None = None,
   final_policy = np.exp(np.asarray(final, np.float64))
   final_policy /= final_policy.sum(-1, keepdims=True)
   wall = time.time() - start
+  cost = run_cost(make, hyper, state, env_params, shared, config.num_steps,
+                  wall)
   results = []
   for i, c in enumerate(configs):
     cut = slice(i * num_seeds, (i + 1) * num_seeds)
@@ -390,12 +398,54 @@ def run_lm(configs, output_dir: str | None = None,
                                   (num_seeds,) + equilibria[c.beta].shape)
     results.append(LMResults(
         c, [{k: v[cut] for k, v in row.items()} for row in rows],
-        final_policy[cut], np.asarray(equilibrium), wall, game=game,
+        final_policy[cut], np.asarray(equilibrium), wall, cost, game=game,
         responses=np.asarray(tokens_lib.list_responses(
             spec.vocab_size, spec.max_length, spec.max_responses)),
+        reference_report=reference_report,
+        oracle_report=(None if trained_oracle is None
+                       else trained_oracle[2]),
         prompts=np.asarray(tokens_lib.make_prompts(spec)[0]),
         prompt_mask=np.asarray(tokens_lib.make_prompts(spec)[1])))
   return results
+
+
+def step_flops(make: Callable, hyper: dict, state, env_params,
+               shared: bool) -> float:
+  """FLOPs of one step of one seed, from XLA's cost analysis of the lowered
+  step (seed 0's hyperparameters, state and environment). XLA counts a
+  loop body once: :func:`nash_jax.policies.sequence.generate` unrolls its
+  token loop while :data:`~nash_jax.policies.sequence.COUNTING` is set, so
+  that every generated token is counted."""
+  first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+  one_env = env_params if shared else first(env_params)
+  with sequence.counting_flops():
+    lowered = jax.jit(lambda h, s, e: make(h).step(s, e)[0]).lower(
+        first(hyper), first(state), one_env)
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def peak_memory() -> dict:
+  """Peak memory so far: the host process's resident set (bytes) and, where
+  the backend reports it, the first device's peak allocation."""
+  usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return {'peak_host_memory_bytes': int(usage),
+          'peak_device_memory_bytes': stats.get('peak_bytes_in_use')}
+
+
+def run_cost(make, hyper, state, env_params, shared, num_steps: int,
+             wall_time: float) -> dict:
+  """What a run cost, per seed: ``step_flops`` (:func:`step_flops`),
+  ``training_flops = step_flops * num_steps`` (the steps only: the data
+  collection, reward fit or SFT at init are not counted), the run's wall
+  time and peak memory (:func:`peak_memory`; for all seeds together).
+  Preference queries and generated tokens are metric columns."""
+  flops = step_flops(make, hyper, state, env_params, shared)
+  return {'step_flops': flops, 'training_flops': flops * num_steps,
+          'wall_time_s': wall_time, **peak_memory()}
 
 
 @functools.lru_cache(maxsize=16)

@@ -36,15 +36,35 @@ Sampling draws each token by inverse CDF with one uniform (as
 :func:`nash_jax.distributions.sample_categorical`); the ``[L, B]`` uniforms
 of a call are drawn at once from its key, before the decoding loop (one
 random-number kernel to compile and run).
+
+Other token ids (a real tokenizer's; :class:`TokenIds`, an optional ``ids``
+argument of every function here, defaulting to the ids above): the
+response tokens are ``first_response .. V - 1`` less the ``banned`` ids,
+a response ends at its first ``eos`` (or any of ``extra_eos``) and is
+padded with ``pad``::
+
+  pi(y_t | x, y_<t) = softmax(m(logits[first_response:] / temperature))
+
+with ``m`` setting the banned entries to the dtype's lowest finite value
+(probability 0 after the softmax; finite, so that the mixture's ``0 *
+log pi_ref`` stays 0). For a Hugging Face model (:func:`full_vocabulary`)
+``first_response = 0`` and the distribution is the model's own softmax over
+the whole vocabulary, except the padding token where it differs from every
+end token (``pad`` then marks "after the end" only, and sampling it would be
+ambiguous); where ``pad`` is an end token (Qwen3 base, Llama 3 with no pad)
+nothing is banned, and ``log pi`` is exactly the model's log-softmax.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import numbers
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
@@ -62,10 +82,117 @@ BOS_ID = 1
 EOS_ID = 2
 FIRST_CONTENT_ID = 3
 
-__all__ = ['PAD_ID', 'BOS_ID', 'EOS_ID', 'FIRST_CONTENT_ID', 'generate',
-           'init_params', 'inverse_cdf', 'log_prob', 'make_sequence_policy',
+__all__ = ['PAD_ID', 'BOS_ID', 'EOS_ID', 'FIRST_CONTENT_ID', 'TokenIds',
+           'SYNTHETIC_IDS', 'full_vocabulary', 'generate', 'init_params',
+           'inverse_cdf', 'log_prob', 'make_sequence_policy',
            'prompt_positions', 'response_mask', 'response_log_probs',
-           'teacher_forced_logits', 'token_log_probs']
+           'teacher_forced_logits', 'token_log_probs', 'validate_token_ids']
+
+
+# Set while XLA's cost analysis counts FLOPs (:func:`counting_flops`): the
+# token loop of :func:`generate` is then unrolled, since the cost analysis
+# counts a loop body once whatever its trip count.
+COUNTING = []
+
+
+@contextlib.contextmanager
+def counting_flops():
+  """While active, functions traced here unroll :func:`generate`'s token
+  loop (the same computation; only its HLO is larger), so that
+  ``jax.jit(f).lower(...).cost_analysis()`` counts every token."""
+  COUNTING.append(True)
+  try:
+    yield
+  finally:
+    COUNTING.pop()
+
+
+def _is_id(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+  """The special token ids of a policy (hashable: a static argument).
+
+  Attributes:
+    pad: written after the end of a response (and never sampled).
+    eos: the end token (its probability is the factor that ends ``y``).
+    first_response: the response tokens are ``first_response .. V - 1``
+      (less ``banned``); log-probabilities are indexed from it.
+    banned: ids ``>= first_response`` with probability 0 (masked).
+    extra_eos: more end tokens (Llama 3 Instruct ends at ``<|eot_id|>`` or
+      ``<|end_of_text|>``); a response ends at the first of any.
+  """
+
+  pad: int = PAD_ID
+  eos: int = EOS_ID
+  first_response: int = EOS_ID
+  banned: tuple[int, ...] = ()
+  extra_eos: tuple[int, ...] = ()
+
+  @property
+  def end_ids(self) -> tuple[int, ...]:
+    """Every end token: ``(eos,) + extra_eos``."""
+    return (self.eos,) + tuple(self.extra_eos)
+
+
+# PAD 0, BOS 1, EOS 2, responses over EOS and the content tokens.
+SYNTHETIC_IDS = TokenIds()
+
+
+def full_vocabulary(eos: int, pad: int | None = None,
+                    extra_eos: tuple[int, ...] = ()) -> TokenIds:
+  """Ids of a pretrained model's policy: responses over the whole vocabulary
+  (``first_response = 0``), ending at ``eos`` or ``extra_eos``, padded with
+  ``pad`` (``eos`` when ``None``), which is banned unless it is an end
+  token."""
+  pad = eos if pad is None else pad
+  extra_eos = tuple(i for i in extra_eos if i != eos)
+  banned = () if pad in (eos,) + extra_eos else (pad,)
+  return TokenIds(pad=pad, eos=eos, first_response=0, banned=banned,
+                  extra_eos=extra_eos)
+
+
+def validate_token_ids(ids: TokenIds, vocab_size: int, flag='token_ids'):
+  """Raises :class:`ConfigError` (naming ``flag``) unless every id is in
+  ``[0, vocab_size)``, ``eos``, ``extra_eos`` and ``banned`` are response
+  tokens (``>= first_response``), no end token is banned and a response
+  token is left besides the end tokens; returns ``ids``."""
+  if not isinstance(ids, TokenIds):
+    raise ConfigError(flag, f'must be a TokenIds, got {ids!r}')
+  for name in ('pad', 'eos', 'first_response'):
+    value = getattr(ids, name)
+    if not (_is_id(value) and value < vocab_size):
+      raise ConfigError(flag, f'{name} must be a token id in [0, '
+                        f'{vocab_size}), got {value!r}')
+  for name in ('banned', 'extra_eos'):
+    values = getattr(ids, name)
+    if not (isinstance(values, tuple) and all(
+        _is_id(v) and ids.first_response <= v < vocab_size for v in values)):
+      raise ConfigError(flag, f'{name} must be a tuple of token ids in '
+                        f'[first_response={ids.first_response}, '
+                        f'{vocab_size}), got {values!r}')
+  if ids.eos < ids.first_response:
+    raise ConfigError(flag, f'eos={ids.eos} is below first_response='
+                      f'{ids.first_response} (it could never be sampled)')
+  ended = set(ids.end_ids) & set(ids.banned)
+  if ended:
+    raise ConfigError(flag, f'end tokens {sorted(ended)} are banned')
+  allowed = vocab_size - ids.first_response - len(set(ids.banned))
+  if allowed <= len(set(ids.end_ids)):
+    raise ConfigError(flag, f'no response token is left besides the end '
+                      f'tokens (vocab_size={vocab_size}, first_response='
+                      f'{ids.first_response}, banned={list(ids.banned)})')
+  return ids
+
+
+def _is_end(y, ids: TokenIds):
+  """``y`` is an end token (``y == eos`` alone for the default ids)."""
+  is_end = y == ids.eos
+  for extra in ids.extra_eos:
+    is_end = is_end | (y == extra)
+  return is_end
 
 
 def _dtype(params) -> jnp.dtype:
@@ -79,24 +206,34 @@ def prompt_positions(mask: chex.Array) -> chex.Array:
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
-def response_mask(y: chex.Array) -> chex.Array:
+def response_mask(y: chex.Array, ids: TokenIds = SYNTHETIC_IDS) -> chex.Array:
   """``[B, L]`` bool: True on the tokens up to and including the first EOS
-  (every token of a response without EOS)."""
-  is_eos = (y == EOS_ID).astype(jnp.int32)
+  (every token of a response without EOS); with ``ids``, the first of its
+  end tokens."""
+  is_eos = _is_end(y, ids).astype(jnp.int32)
   return (jnp.cumsum(is_eos, axis=-1) - is_eos) == 0
 
 
-def token_log_probs(logits: chex.Array, temperature) -> chex.Array:
+def token_log_probs(logits: chex.Array, temperature,
+                    ids: TokenIds = SYNTHETIC_IDS) -> chex.Array:
   """``[..., V - 2]``: ``log_softmax(logits[..., EOS:] / temperature)``, the
   distribution over the response tokens (index ``i`` is token
-  ``EOS_ID + i``)."""
+  ``EOS_ID + i``). With ``ids``: ``[..., V - first_response]``, index ``i``
+  is token ``first_response + i``, banned tokens at the lowest finite
+  value (module docstring)."""
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
-  logits = logits[..., EOS_ID:].astype(dtype)
-  return jax.nn.log_softmax(logits / jnp.asarray(temperature, dtype), axis=-1)
+  logits = logits[..., ids.first_response:].astype(dtype)
+  logits = logits / jnp.asarray(temperature, dtype)
+  if ids.banned:
+    banned = np.zeros(logits.shape[-1], bool)
+    banned[np.asarray(ids.banned) - ids.first_response] = True
+    logits = jnp.where(banned, jnp.finfo(dtype).min, logits)
+  return jax.nn.log_softmax(logits, axis=-1)
 
 
 def teacher_forced_logits(config: TransformerConfig, params, x: TokenContexts,
-                          y: chex.Array) -> chex.Array:
+                          y: chex.Array,
+                          ids: TokenIds = SYNTHETIC_IDS) -> chex.Array:
   """``[B, L, V]``: the logits of response token ``t`` given ``x`` and
   ``y_<t``, from one forward over ``concat(prompt, y[:, :-1])`` (the last
   token predicts nothing). Tokens after the first EOS are masked as keys;
@@ -107,28 +244,31 @@ def teacher_forced_logits(config: TransformerConfig, params, x: TokenContexts,
   offsets = jnp.arange(1, length, dtype=jnp.int32)[None, :]
   tokens = jnp.concatenate([x.tokens, y[:, :-1]], axis=1)
   positions = jnp.concatenate([positions, positions[:, -1:] + offsets], 1)
-  key_mask = jnp.concatenate([x.mask, response_mask(y)[:, :-1]], axis=1)
+  key_mask = jnp.concatenate([x.mask, response_mask(y, ids)[:, :-1]], axis=1)
   logits, _ = apply(config, params, tokens.astype(jnp.int32), positions,
                     key_mask)
   return logits[:, x.tokens.shape[1] - 1:]
 
 
 def response_log_probs(config: TransformerConfig, params, x: TokenContexts,
-                       y: chex.Array, temperature=1.0) -> chex.Array:
+                       y: chex.Array, temperature=1.0,
+                       ids: TokenIds = SYNTHETIC_IDS) -> chex.Array:
   """``[B, L]``: ``log pi(y_t | x, y_<t)`` on the response tokens, 0 after
   the first EOS."""
-  lp = token_log_probs(teacher_forced_logits(config, params, x, y),
-                       temperature)
-  index = jnp.clip(y - EOS_ID, 0, lp.shape[-1] - 1)
+  lp = token_log_probs(teacher_forced_logits(config, params, x, y, ids),
+                       temperature, ids)
+  index = jnp.clip(y - ids.first_response, 0, lp.shape[-1] - 1)
   picked = jnp.take_along_axis(lp, index[..., None], axis=-1)[..., 0]
-  return jnp.where(response_mask(y), picked, 0.0)
+  return jnp.where(response_mask(y, ids), picked, 0.0)
 
 
 def log_prob(config: TransformerConfig, params, x: TokenContexts,
-             y: chex.Array, temperature=1.0) -> chex.Array:
+             y: chex.Array, temperature=1.0,
+             ids: TokenIds = SYNTHETIC_IDS) -> chex.Array:
   """``[B]``: ``log pi(y|x)``, the sum of the response tokens'
   log-probabilities through the first EOS (differentiable in ``params``)."""
-  return jnp.sum(response_log_probs(config, params, x, y, temperature), -1)
+  return jnp.sum(response_log_probs(config, params, x, y, temperature, ids),
+                 -1)
 
 
 def inverse_cdf(log_probs: chex.Array, u: chex.Array) -> chex.Array:
@@ -156,7 +296,8 @@ def _prefill(config, params, x: TokenContexts, length: int):
 
 def generate(key: chex.PRNGKey, params, x: TokenContexts,
              max_response_length: int, config: TransformerConfig,
-             temperature=1.0, mixture=0.0, reference=None):
+             temperature=1.0, mixture=0.0, reference=None,
+             ids: TokenIds = SYNTHETIC_IDS):
   """Samples one response per prompt inside the caller's ``jit``.
 
   One prefill pass over the prompt, then ``lax.scan`` over the response
@@ -174,6 +315,7 @@ def generate(key: chex.PRNGKey, params, x: TokenContexts,
     temperature: scalar (may be traced).
     mixture: ``c`` (may be traced); used only with ``reference``.
     reference: the reference parameters, or ``None`` for ``pi`` itself.
+    ids: the special token ids (:class:`TokenIds`; static).
 
   Returns:
     ``(y [B, L] int32, token_log_probs [B, L], response_mask [B, L])``: the
@@ -194,16 +336,18 @@ def generate(key: chex.PRNGKey, params, x: TokenContexts,
 
   def draw(u, logits, ref_logits, done):
     """One token per row, its log-probability, validity and the new done."""
-    mixed = token_log_probs(logits, temperature)
+    mixed = token_log_probs(logits, temperature, ids)
     if reference is not None:
-      mixed = (1 - c) * mixed + c * token_log_probs(ref_logits, temperature)
+      mixed = (1 - c) * mixed + c * token_log_probs(ref_logits, temperature,
+                                                    ids)
     index = inverse_cdf(mixed, u)
     picked = jnp.take_along_axis(mixed, index[:, None], axis=-1)[:, 0]
     if reference is not None:
       picked = picked - jax.nn.logsumexp(mixed, axis=-1)
-    token = jnp.where(done, PAD_ID, index + EOS_ID).astype(jnp.int32)
+    token = jnp.where(done, ids.pad, index + ids.first_response).astype(
+        jnp.int32)
     return (token, jnp.where(done, 0.0, picked).astype(dtype), ~done,
-            done | (token == EOS_ID))
+            done | _is_end(token, ids))
 
   def feed(p, token, position, cache):
     logits, cache = apply(config, p, token[:, None], position[:, None],
@@ -224,8 +368,8 @@ def generate(key: chex.PRNGKey, params, x: TokenContexts,
   done = jnp.zeros((batch,), bool)
   carry = (logits, cache, ref_logits, ref_cache, done)
   steps = jnp.arange(length - 1, dtype=jnp.int32)
-  carry, (tokens, picked, valid) = jax.lax.scan(step, carry,
-                                                (uniforms[:-1], steps))
+  carry, (tokens, picked, valid) = jax.lax.scan(
+      step, carry, (uniforms[:-1], steps), unroll=bool(COUNTING))
   logits, _, ref_logits, _, done = carry
   last = draw(uniforms[-1], logits, ref_logits, done)[:3]
   tokens, picked, valid = (
@@ -235,10 +379,12 @@ def generate(key: chex.PRNGKey, params, x: TokenContexts,
 
 
 def make_sequence_policy(config: TransformerConfig, max_response_length: int,
-                         temperature=1.0) -> Policy:
+                         temperature=1.0, ids: TokenIds | None = None
+                         ) -> Policy:
   """The transformer :class:`Policy` over responses of at most
   ``max_response_length`` tokens (name 'transformer'; ``log_probs`` is
-  ``None``: the environment lists responses and calls ``log_prob``).
+  ``None``: the environment lists responses and calls ``log_prob``), with
+  the special token ids ``ids`` (``None``: :data:`SYNTHETIC_IDS`).
 
   ``init(key, x, reference)`` returns ``reference`` when given (the policy
   starts at ``pi_ref``), else :func:`init_params`; ``sample(key, params, x,
@@ -246,10 +392,13 @@ def make_sequence_policy(config: TransformerConfig, max_response_length: int,
   [B]``. Raises :class:`ConfigError` for impossible settings.
   """
   validate_transformer_config(config)
-  if config.vocab_size <= FIRST_CONTENT_ID:
-    raise ConfigError('vocab_size', f'must exceed {FIRST_CONTENT_ID} (PAD, '
-                      f'BOS, EOS and at least one content token), got '
-                      f'{config.vocab_size}')
+  if ids is None:
+    ids = SYNTHETIC_IDS
+    if config.vocab_size <= FIRST_CONTENT_ID:
+      raise ConfigError('vocab_size', f'must exceed {FIRST_CONTENT_ID} '
+                        f'(PAD, BOS, EOS and at least one content token), '
+                        f'got {config.vocab_size}')
+  validate_token_ids(ids, config.vocab_size)
   if (not isinstance(max_response_length, int)
       or isinstance(max_response_length, bool) or max_response_length < 1):
     raise ConfigError('max_response_length', f'must be a positive integer, '
@@ -265,10 +414,10 @@ def make_sequence_policy(config: TransformerConfig, max_response_length: int,
 
   def sample(key, params, x, mixture=0.0, reference=None):
     return generate(key, params, x, max_response_length, config, temperature,
-                    mixture, reference)[0]
+                    mixture, reference, ids)[0]
 
   def policy_log_prob(params, x, y):
     chex.assert_axis_dimension(y, 1, max_response_length)
-    return log_prob(config, params, x, y, temperature)
+    return log_prob(config, params, x, y, temperature, ids)
 
   return Policy('transformer', init, sample, policy_log_prob, None)

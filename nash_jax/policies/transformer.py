@@ -25,7 +25,28 @@ input embedding ``E [V, D]``) or a separate ``[D, V]`` matrix.
     z'_{i+H/2} = z_{i+H/2} cos(p w_i) + z_i sin(p w_i)
 
   so that ``q'_p . k'_s`` depends on ``p - s`` only. ``theta`` is
-  ``rope_theta`` (10,000 in RoFormer and Llama 2; 1,000,000 in Qwen3).
+  ``rope_theta`` (10,000 in RoFormer and Llama 2; 1,000,000 in Qwen3;
+  500,000 in Llama 3).
+* Llama 3 RoPE scaling (``rope_scaling``, rope type "llama3"; Meta's Llama
+  3.1 release, Grattafiori et al. 2024, arXiv 2407.21783): with factor
+  ``s``, original context ``C``, wavelength ``lambda_i = 2 pi / w_i``,
+  ``lambda_lo = C / low_freq_factor`` and ``lambda_hi = C /
+  high_freq_factor``, the frequencies become::
+
+    w'_i = w_i                           if lambda_i < lambda_hi
+    w'_i = w_i / s                       if lambda_i > lambda_lo
+    w'_i = (1 - a_i) w_i / s + a_i w_i   otherwise, with
+    a_i  = (C / lambda_i - low_freq_factor)
+           / (high_freq_factor - low_freq_factor)
+
+  (high frequencies kept, low ones interpolated by ``s``, a smooth ramp
+  between); every position uses ``w'``.
+* QK-norm (``qk_norm``, Qwen3; Dehghani et al. 2023, arXiv 2302.05442):
+  each query and key head is RMS-normed over its ``H`` features with a
+  learned scale ``[H]`` (one for queries, one for keys, shared by the
+  heads) before RoPE: ``q_{t,n} <- RMSNorm(q_{t,n})``.
+* Query-key-value biases (``qkv_bias``, Qwen2): ``q = x W_q + b_q`` and
+  likewise for ``k`` and ``v`` (no bias on ``W_o``).
 * Grouped-query attention (Ainslie et al., arXiv 2305.13245; Vaswani et al.
   2017, arXiv 1706.03762): query head ``n = k G + g`` reads key-value head
   ``k`` (the MHA formula with each key-value head repeated ``G`` times)::
@@ -43,8 +64,9 @@ input embedding ``E [V, D]``) or a separate ``[D, V]`` matrix.
 Initialization: projections and the untied head are normal with standard
 deviation ``fan_in^-1/2``; the embedding is normal with standard deviation
 ``D^-1/2`` (so tied logits start with unit scale); norm scales are 1. All
-weights are slices of one normal draw (:class:`Normals`). There are no
-biases and no QK-norm (Qwen3 adds RMSNorm on ``q`` and ``k``).
+weights are slices of one normal draw (:class:`Normals`). The optional
+QK-norm scales are 1 and the optional ``q, k, v`` biases 0, so they draw
+nothing and leave the other weights' values unchanged.
 
 Parameters as a plain pytree: :func:`init_params` returns a nested dict of
 arrays (optax, ``vmap`` over seeds, orbax, ``jax.tree.map`` all apply), and
@@ -54,12 +76,17 @@ once per config) inside the traced function. Layout::
   {'embedder': {'embedding': [V, D]},
    'layer_<i>': {'attn_norm': {'scale': [D]},
                  'attn': {'q': {'w': [D, N, H]}, 'k': {'w': [D, K, H]},
-                          'v': {'w': [D, K, H]}, 'o': {'w': [N, H, D]}},
+                          'v': {'w': [D, K, H]}, 'o': {'w': [N, H, D]},
+                          'q_norm': {'scale': [H]},      (qk_norm only)
+                          'k_norm': {'scale': [H]}},     (qk_norm only)
                  'mlp_norm': {'scale': [D]},
                  'mlp': {'gate': {'w': [D, F]}, 'up': {'w': [D, F]},
                          'down': {'w': [F, D]}}},      for i < num_layers
    'final_norm': {'scale': [D]},
    'head': {'w': [D, V]}}                             (untied only)
+
+with ``'b': [N, H]`` (``q``) and ``[K, H]`` (``k``, ``v``) beside ``'w'``
+under ``qkv_bias``.
 
 The key-value cache is functional (:class:`KVCache`: arrays passed in and
 returned), so decoding runs inside ``lax.scan``. Activations are computed in
@@ -82,6 +109,28 @@ from flax import nnx
 from nash_jax.errors import ConfigError
 
 PARAM_DTYPES = ('float32', 'float64', 'bfloat16')
+ROPE_TYPES = ('llama3',)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling (module docstring; hashable, so it can sit in a
+  :class:`TransformerConfig`).
+
+  Attributes:
+    rope_type: 'llama3' (the only type implemented; others are refused).
+    factor: ``s``, the interpolation factor of the low frequencies.
+    low_freq_factor: wavelengths above ``C / low_freq_factor`` are divided
+      by ``s`` in frequency.
+    high_freq_factor: wavelengths below ``C / high_freq_factor`` are kept.
+    original_max_position_embeddings: ``C``, the pretraining context.
+  """
+
+  rope_type: str = 'llama3'
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +149,12 @@ class TransformerConfig:
     mlp_dim: ``F``, the SwiGLU hidden width.
     rope_theta: the RoPE base ``theta``.
     tie_embeddings: the output head is the transposed input embedding.
-    norm_eps: RMSNorm's ``eps``.
+    norm_eps: RMSNorm's ``eps`` (also of the QK-norm).
     param_dtype: 'float32', 'float64' or 'bfloat16'.
+    qk_norm: RMSNorm over ``H`` on every query and key head before RoPE,
+      with learned scales ``[H]`` (Qwen3).
+    rope_scaling: ``None`` (plain RoPE) or a :class:`RopeScaling`.
+    qkv_bias: biases on the query, key and value projections (Qwen2).
   """
 
   vocab_size: int
@@ -115,6 +168,9 @@ class TransformerConfig:
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
   param_dtype: str = 'float32'
+  qk_norm: bool = False
+  rope_scaling: RopeScaling | None = None
+  qkv_bias: bool = False
 
   @property
   def head_size(self) -> int:
@@ -170,7 +226,43 @@ def validate_transformer_config(cfg: TransformerConfig, prefix: str = ''):
         f'must be one of {PARAM_DTYPES}, got {cfg.param_dtype!r}')
   check(cfg.param_dtype != 'float64' or jax.config.jax_enable_x64,
         'param_dtype', 'float64 needs jax_enable_x64 (JAX_ENABLE_X64=1)')
+  for name in ('qk_norm', 'qkv_bias'):
+    check(isinstance(getattr(cfg, name), bool), name,
+          f'must be a bool, got {getattr(cfg, name)!r}')
+  validate_rope_scaling(cfg.rope_scaling, prefix)
   return cfg
+
+
+def _is_positive(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value > 0)
+
+
+def validate_rope_scaling(scaling, prefix: str = ''):
+  """Raises :class:`ConfigError` (flag ``prefix + 'rope_scaling'``) unless
+  ``scaling`` is ``None`` or a usable :class:`RopeScaling`."""
+  flag = prefix + 'rope_scaling'
+  if scaling is None:
+    return
+  if not isinstance(scaling, RopeScaling):
+    raise ConfigError(flag, f'must be None or a RopeScaling, got '
+                      f'{scaling!r}')
+  if scaling.rope_type not in ROPE_TYPES:
+    raise ConfigError(flag, f'unsupported rope type {scaling.rope_type!r}; '
+                      f'supported: {", ".join(ROPE_TYPES)}')
+  for name in ('factor', 'low_freq_factor', 'high_freq_factor'):
+    value = getattr(scaling, name)
+    if not _is_positive(value):
+      raise ConfigError(flag, f'{name} must be a positive finite number, '
+                        f'got {value!r}')
+  if not scaling.high_freq_factor > scaling.low_freq_factor:
+    raise ConfigError(flag, f'high_freq_factor ({scaling.high_freq_factor}) '
+                      f'must exceed low_freq_factor '
+                      f'({scaling.low_freq_factor})')
+  context = scaling.original_max_position_embeddings
+  if not (_is_int(context) and context >= 1):
+    raise ConfigError(flag, f'original_max_position_embeddings must be a '
+                      f'positive integer, got {context!r}')
 
 
 def _wide(dtype) -> jnp.dtype:
@@ -212,16 +304,24 @@ def num_random_weights(cfg: TransformerConfig) -> int:
 
 
 class Einsum(nnx.Module):
-  """``jnp.einsum(spec, x, w)`` with a parameter ``w`` (no bias), initialized
-  normal with standard deviation ``fan_in^-1/2``."""
+  """``jnp.einsum(spec, x, w)`` with a parameter ``w``, initialized normal
+  with standard deviation ``fan_in^-1/2``; plus a bias ``b`` of shape
+  ``bias_shape`` (initialized to 0) when given."""
 
   def __init__(self, spec: str, shape, fan_in: int, dtype,
-               normals: Normals):
+               normals: Normals, bias_shape=None):
     self.spec = spec
     self.w = nnx.Param(normals(shape, fan_in**-0.5, dtype))
+    self.has_bias = bias_shape is not None
+    if self.has_bias:
+      self.b = nnx.Param(jnp.zeros(bias_shape, dtype))
 
   def __call__(self, x):
-    return jnp.einsum(self.spec, x, self.w[...])
+    y = jnp.einsum(self.spec, x, self.w[...])
+    if self.has_bias:
+      b = self.b[...]
+      y = y + b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
+    return y
 
 
 def rms_norm(x, scale, eps):
@@ -243,22 +343,45 @@ class RMSNorm(nnx.Module):
     return rms_norm(x, self.scale[...], self.eps)
 
 
-def rope_tables(positions, head_dim: int, theta, dtype):
-  """``(cos, sin)`` of the RoPE angles ``p w_i``, ``w_i = theta^(-2i/H)``.
+def rope_frequencies(head_dim: int, theta, dtype,
+                     scaling: RopeScaling | None = None):
+  """``[H/2]``: the RoPE frequencies ``w_i = theta^(-2i/H)`` in ``dtype``,
+  rescaled by ``scaling`` (Llama 3's ``w'_i``, module docstring) when
+  given."""
+  exponent = jnp.arange(head_dim // 2, dtype=dtype) * (2.0 / head_dim)
+  freq = jnp.asarray(theta, dtype) ** -exponent
+  if scaling is None:
+    return freq
+  validate_rope_scaling(scaling)
+  s = scaling.factor
+  context = scaling.original_max_position_embeddings
+  wavelength = 2 * math.pi / freq
+  long = wavelength > context / scaling.low_freq_factor
+  short = wavelength < context / scaling.high_freq_factor
+  ramp = ((context / wavelength - scaling.low_freq_factor)
+          / (scaling.high_freq_factor - scaling.low_freq_factor))
+  smoothed = (1 - ramp) * freq / s + ramp * freq
+  return jnp.where(long, freq / s, jnp.where(short, freq, smoothed))
+
+
+def rope_tables(positions, head_dim: int, theta, dtype,
+                scaling: RopeScaling | None = None):
+  """``(cos, sin)`` of the RoPE angles ``p w_i``, ``w_i = theta^(-2i/H)``
+  (:func:`rope_frequencies`).
 
   Args:
     positions: ``[B, T]`` integer positions ``p``.
     head_dim: ``H`` (even).
     theta: the base.
     dtype: the activations' dtype (the angles are at least float32).
+    scaling: ``None`` or a :class:`RopeScaling` of the frequencies.
 
   Returns:
     ``cos, sin``: ``[B, T, 1, H/2]`` each (a singleton heads axis).
   """
   chex.assert_rank(positions, 2)
   wide = _wide(dtype)
-  exponent = jnp.arange(head_dim // 2, dtype=wide) * (2.0 / head_dim)
-  freq = jnp.asarray(theta, wide) ** -exponent                    # [H/2]
+  freq = rope_frequencies(head_dim, theta, wide, scaling)         # [H/2]
   angle = positions.astype(wide)[:, :, None, None] * freq[None, None, None]
   return jnp.cos(angle), jnp.sin(angle)
 
@@ -275,11 +398,13 @@ def rotate(z, tables):
   return out.astype(z.dtype)
 
 
-def apply_rope(z, positions, theta):
+def apply_rope(z, positions, theta, scaling: RopeScaling | None = None):
   """Rotary position embedding of ``z [B, T, heads, H]`` at ``positions
-  [B, T]`` with base ``theta`` (module docstring)."""
+  [B, T]`` with base ``theta`` (and frequency ``scaling``; module
+  docstring)."""
   chex.assert_rank(z, 4)
-  return rotate(z, rope_tables(positions, z.shape[-1], theta, z.dtype))
+  return rotate(z, rope_tables(positions, z.shape[-1], theta, z.dtype,
+                               scaling))
 
 
 def attend(q, k, v, mask):
@@ -309,23 +434,34 @@ def attend(q, k, v, mask):
 
 
 class Attention(nnx.Module):
-  """GQA self-attention with RoPE and an optional functional cache."""
+  """GQA self-attention with RoPE, optional QK-norm and ``q, k, v`` biases
+  and an optional functional cache."""
 
   def __init__(self, cfg: TransformerConfig, normals: Normals):
     d, n, k, h, dtype = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
                          cfg.head_size, cfg.dtype)
-    self.q = Einsum('btd,dnh->btnh', (d, n, h), d, dtype, normals)
-    self.k = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals)
-    self.v = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals)
+    bias = cfg.qkv_bias
+    self.q = Einsum('btd,dnh->btnh', (d, n, h), d, dtype, normals,
+                    (n, h) if bias else None)
+    self.k = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals,
+                    (k, h) if bias else None)
+    self.v = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals,
+                    (k, h) if bias else None)
     self.o = Einsum('btnh,nhd->btd', (n, h, d), n * h, dtype, normals)
+    self.qk_norm = cfg.qk_norm
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, cfg.norm_eps, dtype)
+      self.k_norm = RMSNorm(h, cfg.norm_eps, dtype)
 
   def __call__(self, x, rope, mask, kv=None, index=None):
     """``x [B, T, D]``, ``rope``: :func:`rope_tables` of the tokens'
     positions, ``mask [B, T, S]``; ``kv``: the cached ``(k, v)``
     ``[B, S, K, H]`` each, written at slots ``index .. index + T - 1``.
     Returns ``([B, T, D], (k, v))``."""
-    q = rotate(self.q(x), rope)
-    k = rotate(self.k(x), rope)
+    q, k = self.q(x), self.k(x)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = rotate(q, rope), rotate(k, rope)
     v = self.v(x)
     if kv is not None:
       zero = jnp.zeros((), index.dtype)
@@ -420,6 +556,7 @@ class Transformer(nnx.Module):
     self.tie_embeddings = cfg.tie_embeddings
     self.head_dim = cfg.head_size
     self.rope_theta = cfg.rope_theta
+    self.rope_scaling = cfg.rope_scaling
     normals = Normals(rngs.params(), num_random_weights(cfg), cfg.dtype)
     self.embedder = Embedder(cfg, normals)
     for i in range(cfg.num_layers):
@@ -467,7 +604,8 @@ class Transformer(nnx.Module):
       index = cache.index
     mask = attention_mask(key_mask, index, num_new)
     x = self.embedder.encode(tokens)
-    rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
+    rope = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype,
+                       self.rope_scaling)
     keys, values = [], []
     for i in range(self.num_layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
