@@ -22,10 +22,12 @@ block and ``lax.map``s over blocks, and seed ``s`` always sits in lane
 ``s mod seed_block`` (unused lanes are padded with a copy of a real seed and
 discarded). Every seed thus runs in the same program, in the same lane,
 whatever ``num_seeds`` and ``seed`` are (tests/test_train.py pins this).
-``seed_block = 1`` (the default) wastes little on padding and on 2 CPU cores
-runs at 0.76x to 1.12x of a full ``vmap`` except for tiny games with many
-seeds (0.34x at n = 10, 256 seeds; BENCHMARKS.md); on a GPU or TPU use a
-large block (e.g. 256) so that the device is filled.
+The axis always holds at least two blocks per device (XLA compiles an axis
+of one block differently), but only the blocks that hold a real seed are
+computed (:func:`blocks_to_run`): a single run costs one block. The
+trainer takes ``seed_block`` as given; the experiment binaries' default is
+:func:`nash_jax.seed_blocks.default_seed_block` (from the backend, the game
+kind, the mode and ``n``, never from the number of seeds).
 """
 
 from __future__ import annotations
@@ -71,28 +73,34 @@ def run_chunk(algorithm: Algorithm, evaluate: Callable, hyper,
                                info)
 
 
-def _map_blocks(fn: Callable, blocks, num_blocks):
-  """``lax.map(fn, blocks)`` with a trip count XLA cannot see.
+def _map_blocks(fn: Callable, args, num_blocks, seed_block: int):
+  """``lax.map`` of ``fn`` over blocks of ``seed_block`` rows of ``args``
+  (each with a leading axis of whole blocks), with a trip count XLA cannot
+  see.
 
   XLA removes a while loop whose static trip count is 1, and simplifies a
   slice of an axis of length 1, either of which changes the fusion of the
   body. Reading the trip count from a runtime argument, fencing the body with
   optimization barriers and always mapping over at least two blocks (see
   :func:`seed_layout`) keeps one compiled body for every number of blocks.
+  Blocks are sliced from the arguments as they are (no reshape into
+  ``[blocks, seed_block, ...]``, whose layout XLA copies every call: for
+  per-seed games a copy of every game per chunk).
   """
-  first = jax.tree.map(lambda x: x[0], blocks)
+  first = jax.tree.map(lambda x: x[:seed_block], args)
   out_shape = jax.eval_shape(fn, first)
-  size = jax.tree.leaves(blocks)[0].shape[0]
-  out = jax.tree.map(lambda s: jnp.zeros((size,) + s.shape, s.dtype),
+  size = jax.tree.leaves(args)[0].shape[0]
+  out = jax.tree.map(lambda s: jnp.zeros((size,) + s.shape[1:], s.dtype),
                      out_shape)
 
   def body(i, out):
-    block = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(
-        x, i, keepdims=False), blocks)
+    start = i * seed_block
+    block = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(
+        x, start, seed_block), args)
     result = jax.lax.optimization_barrier(
         fn(jax.lax.optimization_barrier(block)))
-    return jax.tree.map(lambda o, r: jax.lax.dynamic_update_index_in_dim(
-        o, r, i, 0), out, result)
+    return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(
+        o, r, start, 0), out, result)
   return jax.lax.fori_loop(0, num_blocks, body, out)
 
 
@@ -127,30 +135,36 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
   replicated = jax.sharding.PartitionSpec()
 
   def local(num_blocks, *args):
-    num = next(jax.tree.leaves(a)[0].shape[0]
-               for a, s in zip(args, shared) if not s)
-    split = lambda x: x.reshape((num // seed_block, seed_block) + x.shape[1:])
-    mapped = [jax.tree.map(split, a) for a, s in zip(args, shared) if not s]
+    mapped = [a for a, s in zip(args, shared) if not s]
 
     def one_block(block_args):
       it = iter(block_args)
       full = [a if s else next(it) for a, s in zip(args, shared)]
       return jax.vmap(fn, in_axes=in_axes)(*full)
 
-    out = _map_blocks(one_block, mapped, num_blocks)
-    return jax.tree.map(lambda x: x.reshape((num,) + x.shape[2:]), out)
+    return _map_blocks(one_block, mapped, num_blocks, seed_block)
 
   specs = (replicated,) + tuple(replicated if s else seeds for s in shared)
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seeds,
                        check_vma=False)
 
 
+def sharing(shared) -> tuple[bool, bool]:
+  """``(env_params shared, eval_data shared)`` from a bool (both) or a
+  pair."""
+  if isinstance(shared, (tuple, list)):
+    env, data = shared
+    return bool(env), bool(data)
+  return bool(shared), bool(shared)
+
+
 @functools.lru_cache(maxsize=64)
 def make_chunk_runner(make: Callable, evaluate: Callable, chunk_steps: int,
-                      shared: bool, seed_block: int,
+                      shared, seed_block: int,
                       mesh: jax.sharding.Mesh) -> Callable:
-  """The jitted, seed-blocked :func:`run_chunk`; the environment data are
-  shared by every run or per run.
+  """The jitted, seed-blocked :func:`run_chunk`; the environment data and
+  the evaluation data are each shared by every run or per run (``shared``:
+  a bool for both, or a pair, see :func:`train`).
 
   ``make(hyper) -> Algorithm`` builds each run's algorithm from its
   hyperparameters (traced scalars). Cached, so that repeated runs with the
@@ -159,12 +173,12 @@ def make_chunk_runner(make: Callable, evaluate: Callable, chunk_steps: int,
   def fn(hyper, state, env_params, eval_data):
     return run_chunk(make(hyper), evaluate, hyper, chunk_steps, state,
                      env_params, eval_data)
-  return jax.jit(blocked_vmap(fn, seed_block, (False, False, shared, shared),
-                              mesh))
+  return jax.jit(blocked_vmap(fn, seed_block, (False, False) + sharing(
+      shared), mesh))
 
 
 @functools.lru_cache(maxsize=64)
-def make_initializer(make: Callable, evaluate: Callable, shared: bool,
+def make_initializer(make: Callable, evaluate: Callable, shared,
                      seed_block: int, mesh: jax.sharding.Mesh):
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
   def init(hyper, key, env_params, eval_data):
@@ -174,11 +188,19 @@ def make_initializer(make: Callable, evaluate: Callable, shared: bool,
     return state, evaluate_state(evaluate, hyper, state, env_params,
                                  eval_data, info0)
   return jax.jit(blocked_vmap(init, seed_block,
-                              (False, False, shared, shared), mesh))
+                              (False, False) + sharing(shared), mesh))
+
+
+def _groups(num_seeds: int, group_size: int | None) -> tuple[int, int]:
+  """``(groups, seeds per group)`` of ``num_seeds`` runs."""
+  size = num_seeds if group_size is None else group_size
+  if size < 1 or num_seeds % size:
+    raise ValueError(f'{num_seeds} runs are not whole groups of {size}')
+  return num_seeds // size, size
 
 
 def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
-                num_devices: int = 1):
+                num_devices: int = 1, group_size: int | None = None):
   """Where each seed runs: ``(gather, positions)``.
 
   The padded seed axis holds ``num_devices`` equal shares of whole blocks;
@@ -187,17 +209,43 @@ def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
   ``s mod seed_block``. ``gather[p]`` is the index (into the ``num_seeds``
   real seeds) whose data fills position ``p`` (padding copies seed 0);
   ``positions[i]`` is where real seed ``i`` sits. Every device gets at least
-  two blocks (a single run computes one padding block too), because XLA
-  compiles a map over one block differently.
+  two blocks, because XLA compiles a map over an axis of one block
+  differently; padding blocks are not computed (:func:`blocks_to_run`).
+
+  With ``group_size``, the runs are groups of ``group_size`` runs each of
+  seeds ``first_seed, first_seed + 1, ...`` (the cells of a hyperparameter
+  sweep): every group starts on a block of its own, so that each seed sits
+  in lane ``s mod seed_block`` in every group, as in its single run
+  (padding copies a run of the group).
   """
+  groups, size = _groups(num_seeds, group_size)
   offset = first_seed % seed_block
-  blocks = -(-(offset + num_seeds) // seed_block)
+  group_blocks = -(-(offset + size) // seed_block)
+  blocks = groups * group_blocks
   per_device = max(2, -(-blocks // num_devices))
   padded = per_device * num_devices * seed_block
-  gather = np.clip(np.arange(padded) - offset, 0, num_seeds - 1)
-  gather[:offset] = 0
-  positions = np.arange(num_seeds) + offset
+  span = group_blocks * seed_block
+  p = np.arange(padded)
+  group = np.minimum(p // span, groups - 1)
+  gather = group * size + np.clip(p - group * span - offset, 0, size - 1)
+  positions = (np.arange(num_seeds) // size * span + offset +
+               np.arange(num_seeds) % size)
   return gather, positions
+
+
+def blocks_to_run(first_seed: int, num_seeds: int, seed_block: int,
+                  num_devices: int = 1, group_size: int | None = None) -> int:
+  """Blocks each device computes: those of the :func:`seed_layout` that
+  hold a real seed (on the device with the most of them), not the padding
+  blocks after them. The trip count of the map over blocks is a runtime
+  value, so skipping those blocks runs the same compiled program (every
+  real seed's bits unchanged) and a single run, or a sweep of exactly one
+  block, computes one block instead of two."""
+  groups, size = _groups(num_seeds, group_size)
+  offset = first_seed % seed_block
+  blocks = groups * -(-(offset + size) // seed_block)
+  per_device = max(2, -(-blocks // num_devices))
+  return min(blocks, per_device)
 
 
 def to_devices(array: np.ndarray, sharding) -> jax.Array:
@@ -218,6 +266,7 @@ def to_host(tree):
 def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
           hyper: dict, num_steps: int, eval_every: int, shared: bool,
           first_seed: int = 0, seed_block: int = 1,
+          group_size: int | None = None,
           mesh: jax.sharding.Mesh | None = None,
           on_eval: Callable[[dict], None] | None = None,
           until: Callable[[dict], bool] | None = None,
@@ -235,17 +284,24 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
       trains; see :mod:`nash_jax.evaluation`).
     keys: ``[S]`` PRNG keys, one per seed (or run).
     env_params: the environment's data (a pytree), shared by every run
-      (``shared``) or with a leading ``[S]`` axis.
+      or with a leading ``[S]`` axis (see ``shared``).
     eval_data: what ``evaluate`` reads besides the state (e.g. the exact
-      equilibrium), shared or per run like ``env_params``.
+      equilibrium), shared or per run (see ``shared``).
     hyper: per-run hyperparameters, a dict of ``[S]`` arrays.
     num_steps: steps per seed.
     eval_every: steps between evaluations (the last chunk may be shorter).
-    shared: whether ``env_params`` and ``eval_data`` are shared by all runs.
+    shared: whether ``env_params`` and ``eval_data`` are shared by all runs;
+      or a pair ``(env_params shared, eval_data shared)`` (a hyperparameter
+      sweep on one game: the game shared, each cell's equilibrium per run).
     first_seed: the seed number of ``keys[0]`` (seeds are consecutive); it
       fixes each seed's lane.
     seed_block: seeds per vmapped block (see the module docstring); results
       are bit-identical across seed counts for a fixed ``seed_block``.
+    group_size: the runs are groups of this many consecutive seeds from
+      ``first_seed`` (the cells of a sweep; default: one group), each laid
+      out from a block of its own so that every seed keeps its lane
+      (:func:`seed_layout`): a cell's seed is bit-identical to its single
+      run with the same ``seed_block`` and sharing.
     mesh: the ``('seeds',)`` device mesh (default: all devices); results do
       not depend on the number of devices.
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
@@ -264,8 +320,9 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
   """
   mesh = mesh or seed_mesh()
   num_devices = mesh.devices.size
-  gather, positions = seed_layout(first_seed, keys.shape[0], seed_block,
-                                  num_devices)
+  num_runs = keys.shape[0]
+  gather, positions = seed_layout(first_seed, num_runs, seed_block,
+                                  num_devices, group_size)
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
       'seeds'))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -275,13 +332,13 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
                                     to_host(tree))
   hyper = pad(hyper)
   keys = pad(keys)
-  if shared:
-    env_params, eval_data = jax.tree.map(
-        lambda x: to_devices(np.asarray(x), replicated),
-        (env_params, eval_data))
-  else:
-    env_params, eval_data = pad((env_params, eval_data))
-  num_blocks = jnp.int32(len(gather) // (seed_block * num_devices))
+  shared = sharing(shared)
+  env_params, eval_data = (
+      jax.tree.map(lambda x: to_devices(np.asarray(x), replicated), tree)
+      if is_shared else pad(tree)
+      for tree, is_shared in zip((env_params, eval_data), shared))
+  num_blocks = jnp.int32(blocks_to_run(first_seed, num_runs, seed_block,
+                                       num_devices, group_size))
   if resume is None:
     init = make_initializer(make, evaluate, shared, seed_block, mesh)
     state, row = init(num_blocks, hyper, keys, env_params, eval_data)

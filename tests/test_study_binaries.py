@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from refusals import run_cases
+
+from nash_jax import seed_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,15 +87,116 @@ def test_benchmarks_write_their_tables(tmp_path):
     rates = [float(r[k]) for k in ('vmap', 'blocked', 'loop')]
     assert all(rate > 0 for rate in rates)
     np.testing.assert_allclose(float(r['vmap/loop']), rates[0] / rates[2])
-  exact = tmp_path / 'exact.csv'
-  result = _run('experiments.benchmark', '--sizes=4', '--seeds=1,2',
-                '--repeats=1', '--seconds=0.01', '--nomemory',
-                f'--output={exact}')
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert [(r['n'], r['seeds']) for r in _rows(exact)] == [('4', '1'),
-                                                          ('4', '2')]
   refused = _run('experiments.benchmark_sampled', '--policies=transformer',
                  f'--output={tmp_path / "x.csv"}')
   assert refused.returncode == 2
   assert refused.stderr.strip().splitlines() == [
       "error: --policies: unknown policy 'transformer'"]
+
+
+def test_benchmark_writes_its_table_with_the_limits(tmp_path):
+  out = tmp_path / 'exact.csv'
+  result = _run('experiments.benchmark', '--sizes=4', '--seeds=1,2',
+                '--games=shared,per_seed', '--dtypes=float32',
+                '--blocks=1,2', '--repeats=1', '--seconds=0.01',
+                '--matmul_size=64', '--bandwidth_mib=4', '--nomemory',
+                f'--output={out}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith('device: cpu') and 'loadavg at start' in lines[0]
+  limits = [line for line in lines if line.startswith('limits: ')]
+  assert len(limits) == 2  # At the start and at the end.
+  for name in ('matmul float32', 'matmul float64', 'read bandwidth'):
+    assert name in limits[0]
+  assert lines[-1].startswith('loadavg at end')
+  rows = _rows(out)
+  assert [(r['n'], r['seeds'], r['game']) for r in rows] == [
+      ('4', '1', 'shared'), ('4', '2', 'shared'), ('4', '1', 'per_seed'),
+      ('4', '2', 'per_seed')]
+  for r in rows:
+    # The default block of nash_jax.seed_blocks on this CPU.
+    assert int(r['block']) == seed_blocks.default_seed_block(
+        'cpu', r['game'] == 'shared', 4)
+    rates = [float(r[k]) for k in ('rate', 'best', 'numpy', 'loop')]
+    assert all(rate > 0 for rate in rates)
+    measured = dict(item.split(':') for item in r['block_rates'].split())
+    assert r['block'] in measured and r['best_block'] in measured
+    # The blocks searched: the default and those of --blocks not above the
+    # number of seeds.
+    assert set(measured) == {r['block']} | {b for b in ('1', '2')
+                                            if int(b) <= int(r['seeds'])}
+    assert float(r['slowdown']) >= 1
+    np.testing.assert_allclose(float(r['slowdown']),
+                               rates[1] / rates[0], rtol=1e-9)
+    np.testing.assert_allclose(float(r['rate/numpy']), rates[0] / rates[2])
+    np.testing.assert_allclose(float(r['rate/loop']), rates[0] / rates[3])
+    np.testing.assert_allclose(float(r['of_limit']),
+                               float(r['achieved']) / float(r['limit']))
+
+
+BENCHMARK_REFUSALS = [
+    ('--repeats=0', '--repeats: must be in [1, 1000], got 0'),
+    ('--seconds=nan', '--seconds: must be a number in (0, 3600], got nan'),
+    ('--seconds=0', '--seconds: must be a number in (0, 3600], got 0.0'),
+    ('--sizes=1', '--sizes: every value must be in [2, 100000], got 1'),
+    ('--sizes=a,10', "--sizes: must be comma-separated integers, got 'a,10'"),
+    ('--sizes=', '--sizes: must not be empty'),
+    ('--sizes=100000', '--sizes: needs about 320 GB of memory; this machine '
+     'has '),
+    ('--seeds=0', '--seeds: every value must be in [1, 1048576], got 0'),
+    ('--seeds=16,16', '--seeds: repeated value in 16,16'),
+    ('--blocks=2,x', "--blocks: must be comma-separated integers, got '2,x'"),
+    ('--games=shared,pooled', "--games: unknown value 'pooled'; expected one "
+     'of shared, per_seed'),
+    ('--dtypes=float16', "--dtypes: unknown value 'float16'; expected one of "
+     'float32, float64'),
+    ('--seed_block=0', '--seed_block: must be in [1, 1048576], got 0'),
+    ('--algorithm=nash_prox', "--algorithm: unknown exact algorithm "
+     "'nash_prox'"),
+    ('--num_contexts=0', '--num_contexts: must be in [1, 10000], got 0'),
+    ('--repeats=abc', "--repeats: must be an integer, got 'abc'"),
+    ('--output={dir}', '--output: {dir} is a directory; give a file name'),
+    ('--output={file}/x.csv', '--output: {file} exists and is not a '
+     'directory'),
+]
+
+
+@pytest.fixture(scope='module')
+def benchmark_refusals(tmp_path_factory):
+  """``(outcome, line expected, the directory that must not appear)`` of
+  every case of :data:`BENCHMARK_REFUSALS`, each run as ``python -m
+  experiments.benchmark`` (children of one process, tests/refusals.py)."""
+  tmp = tmp_path_factory.mktemp('benchmark_refusals')
+  file = tmp / 'file'
+  file.write_text('')
+  fill = lambda text: text.format(dir=tmp, file=file)
+  cases, expected = [], []
+  for i, (flag, line) in enumerate(BENCHMARK_REFUSALS):
+    args = [fill(flag)]
+    if not flag.startswith('--output'):
+      args.append(f'--output={tmp / f"out{i}" / "x.csv"}')
+    cases.append(args)
+    expected.append((fill(line), tmp / f'out{i}'))
+  outcomes = run_cases('experiments.benchmark', cases, tmp / 'driver')
+  return [(o, *e) for o, e in zip(outcomes, expected)]
+
+
+@pytest.mark.parametrize('index', range(len(BENCHMARK_REFUSALS)),
+                         ids=[f for f, _ in BENCHMARK_REFUSALS])
+def test_benchmark_refuses_bad_flags_before_any_work(benchmark_refusals,
+                                                     index):
+  outcome, line, out = benchmark_refusals[index]
+  assert outcome.returncode == 2, outcome.stderr[-2000:]
+  lines = outcome.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ' + line), lines
+  assert outcome.stdout == ''
+  assert not out.exists()
+
+
+def test_benchmark_help_lists_its_own_flags():
+  result = _run('experiments.benchmark', '--help')
+  assert result.returncode == 0, result.stderr[-2000:]
+  for flag in ('--sizes', '--seeds', '--games', '--dtypes', '--blocks',
+               '--seed_block', '--seconds', '--repeats', '--matmul_size',
+               '--bandwidth_mib', '--output'):
+    assert f'  {flag}: ' in result.stdout, flag

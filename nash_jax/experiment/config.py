@@ -25,6 +25,7 @@ from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import policies as policies_lib
 from nash_jax import reference
+from nash_jax import seed_blocks as seed_blocks_lib
 from nash_jax import sft as sft_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.environments.tabular import ORACLES
@@ -95,10 +96,13 @@ class RunConfig:
   num_seeds: int = setting(1, 'Seeds run in one vmapped call: --seed, '
                            '--seed+1, ...')
   seed: int = setting(0, 'First seed.')
-  seed_block: int = setting(1, 'Seeds vmapped together (blocks are mapped '
-                            'over in one compiled call); seed i is '
-                            'bit-identical across --num_seeds for a fixed '
-                            'block. Use a large block (e.g. 256) on GPU/TPU.')
+  seed_block: int | None = setting(
+      None, 'Seeds vmapped together (blocks are mapped over in one compiled '
+      'call); seed i is bit-identical across --num_seeds for a fixed block. '
+      'Default: chosen by nash_jax.seed_blocks from the backend, the game '
+      'kind (one game shared by all seeds with --game_seed or --game=file), '
+      '--mode and --num_actions, never from --num_seeds; config.json '
+      'records the block used.', int)
   num_devices: int | None = setting(None, 'Devices the seed axis is sharded '
                                     'over (default: all, on every host).',
                                     int)
@@ -208,8 +212,22 @@ def check_x64(dtype: str) -> None:
 
 def _positive_int(config, flag, minimum):
   value = getattr(config, flag)
-  if value < minimum:
+  if value is not None and value < minimum:  # None: a default to resolve.
     raise ConfigError(flag, f'must be >= {minimum}, got {value}')
+
+
+def resolve_seed_block(config, shared_game: bool, num_actions: int | None):
+  """``config`` with ``seed_block`` set: as given, or (None) the block of
+  :func:`nash_jax.seed_blocks.default_seed_block` for the backend the seeds
+  run on, the game kind (``shared_game``: one game for every seed), the
+  mode and ``num_actions`` (n; None where the rule does not read it). A
+  single run and a sweep of the same settings resolve the same block, so
+  seed ``i`` of the sweep stays bit-identical to its single run."""
+  if config.seed_block is not None:
+    return config
+  return config.replace(seed_block=seed_blocks_lib.default_seed_block(
+      jax.devices()[0].platform, shared_game, num_actions,
+      getattr(config, 'mode', 'sampled')))
 
 
 def _check_dtype(config, dtypes) -> None:
@@ -456,6 +474,9 @@ def validate(config: ExperimentConfig) -> tuple[ExperimentConfig, Game | None]:
                       f'one of {", ".join(ORACLES)}')
   alg_config = resolve_algorithm(config, config.num_contexts, feature_dim,
                                  config.policy)
+  config = resolve_seed_block(
+      config, config.game == 'file' or config.game_seed is not None,
+      config.num_actions)
   check_memory(config)
   return _resolved(config, alg_config, ('eta', 'learning_rate', 'inner_eta',
                                          'inner_steps', 'optimizer')), \
@@ -765,5 +786,6 @@ def validate_lm(config):
   alg_config = resolve_algorithm(config, config.num_prompts, 1,
                                  'transformer')
   # Sampled mode on one token game (the rule does not read n there).
+  config = resolve_seed_block(config, True, None)
   return _resolved(config, alg_config, ('eta', 'learning_rate',
                                          'inner_steps', 'optimizer'))

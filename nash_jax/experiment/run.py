@@ -142,17 +142,20 @@ def stopping_rule(query_budget: int | None, stop_on_divergence: bool):
 
 
 def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
-                   env_params, eval_data, hyper: dict, *, shared: bool,
+                   env_params, eval_data, hyper: dict, *, shared,
                    output_dir: str, checkpoint_config: dict,
                    checkpoint_every: int, stream: bool,
                    log: Callable[[str], None], start: float,
-                   query_budget: int | None = None):
+                   query_budget: int | None = None,
+                   group_size: int | None = None):
   """:func:`nash_jax.train.train` with what a run records on the way, for
   any environment: a progress line per evaluation (``log``), ``metrics.csv``
   streamed (``stream``: a single run), TensorBoard (``config.tensorboard``)
   and orbax checkpoints of the whole batch every ``checkpoint_every`` steps
   in ``output_dir/checkpoints`` (checked against ``checkpoint_config``;
-  resumed from when present, bit-exactly). ``config`` gives the run's
+  resumed from when present, bit-exactly). ``shared`` and ``group_size``
+  are the trainer's (a bool, or a pair for the environment data and the
+  evaluation data). ``config`` gives the run's
   settings (:class:`~nash_jax.experiment.config.RunConfig` fields and
   ``algorithm``). Returns the trainer's ``(state, rows)``."""
   writer = (MetricsStream(config)
@@ -164,7 +167,7 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
         output_dir, checkpoint_config, config.keep_checkpoints)
     template = jax.eval_shape(
         jax.vmap(lambda h, k, e: make(h).init(k, e),
-                 in_axes=(0, 0, None if shared else 0)),
+                 in_axes=(0, 0, None if train_lib.sharing(shared)[0] else 0)),
         hyper, run_keys, env_params)
     resume = checkpointer.restore(template)
     if resume is not None:
@@ -223,7 +226,8 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
     state, rows = train_lib.train(
         make, evaluate, run_keys, env_params, eval_data,
         hyper=hyper, num_steps=config.num_steps,
-        eval_every=config.eval_every, shared=shared, first_seed=config.seed,
+        eval_every=config.eval_every, shared=shared, group_size=group_size,
+        first_seed=config.seed,
         seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
         mesh=train_lib.seed_mesh(config.num_devices),
         resume=resume,
@@ -251,8 +255,9 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
   values (the cells of a sweep), every cell and seed in one compiled call.
 
   Each cell's seeds play the same games as a single run would; a cell's
-  result equals the single run of its config bit for bit with the default
-  ``seed_block = 1``. Checkpoints of the whole sweep go to
+  result equals the single run of its config bit for bit with the same
+  ``seed_block`` (the default blocks included): each cell starts a block of
+  its own, and a shared game stays shared. Checkpoints of the whole sweep go to
   ``output_dir/checkpoints`` every ``checkpoint_every`` steps (default: the
   first config's); ``metrics.csv`` is streamed only for a single config.
   Returns one :class:`Results` per config.
@@ -262,7 +267,10 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
     log = lambda line: None
   config = configs[0]
   num_cells, num_seeds = len(configs), config.num_seeds
-  shared = shares_game(config) and num_cells == 1
+  # One game for every seed stays one array (each block's win rates are then
+  # one matrix product); each run always carries its cell's equilibrium, so
+  # that a single run and a sweep cell run the same program.
+  shared_game = shares_game(config)
   games = prepared[0] if prepared else build_games(config, file_game)
   solved = {}
   for c in configs:
@@ -271,18 +279,15 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
       if note:
         log(note)
       solved[c.beta] = (prepared[1] if prepared and c is config else
-                        equilibria(c, games, shares_game(config)))
-  if shares_game(config) and not shared:
-    games = jax.tree.map(lambda x: np.broadcast_to(
-        np.asarray(x), (num_seeds,) + x.shape), games)
+                        equilibria(c, games, shared_game))
+  if shared_game:
     solved = {b: np.broadcast_to(e, (num_seeds,) + e.shape)
               for b, e in solved.items()}
   dtype = jnp.dtype(config.dtype)
-  equilibrium = np.concatenate([solved[c.beta] for c in configs]) \
-      if not shared else solved[config.beta]
+  equilibrium = np.concatenate([solved[c.beta] for c in configs])
   with np.errstate(divide='ignore'):
     log_eq = jnp.asarray(np.log(equilibrium), dtype)
-  if not shared:
+  if not shared_game:
     games = _tile(games, num_cells)
   make = algorithm_maker(config)
   hyper = {k: np.repeat(np.asarray([hyperparameters(c)[k] for c in configs],
@@ -294,14 +299,13 @@ def run_sweep(configs: list[ExperimentConfig], output_dir: str,
     checkpoint_every = config.checkpoint_every
   state, rows = train_recorded(
       config, make, evaluation.exact_evaluator(make), run_keys, games, log_eq,
-      hyper, shared=shared, output_dir=output_dir,
+      hyper, shared=(shared_game, False), group_size=num_seeds,
+      output_dir=output_dir,
       checkpoint_config=sweep_checkpoint_config(configs),
       checkpoint_every=checkpoint_every, stream=num_cells == 1, log=log,
       start=start, query_budget=query_budget)
   final_policy = np.exp(np.asarray(
-      _final_log_policy(make, shared)(hyper, state, games), np.float64))
-  if shared:
-    equilibrium = np.broadcast_to(equilibrium, (num_seeds,) + equilibrium.shape)
+      _final_log_policy(make, shared_game)(hyper, state, games), np.float64))
   wall = time.time() - start
   results = []
   for i, c in enumerate(configs):

@@ -1,0 +1,90 @@
+"""The default seed block: how many seeds one ``vmap`` runs together.
+
+The trainer (:mod:`nash_jax.train`) runs seeds in blocks of a fixed size
+``seed_block``: one compiled call ``vmap``s over a block and maps over the
+blocks, and seed ``s`` always sits in lane ``s mod seed_block``. Seed ``i``
+of a sweep is therefore bit-identical to its single run *with the same
+block*, whatever the number of seeds; another block compiles another program
+(a matrix product of another width, other fusions) and may change the last
+bits. So the default block must not depend on the number of seeds: a single
+run has to pick the block of the sweep it belongs to. It depends only on
+what the run is (backend, game kind, mode), through
+:func:`default_seed_block`:
+
+* **A shared game** (every seed plays one game: ``--game_seed`` or
+  ``--game=file``), exact mode, on a CPU: :data:`CPU_SHARED_BLOCK` (16).
+  Within a block the win rates of all its seeds are one ``[n, n] x [n, 16]``
+  matrix product per context instead of 16 matrix-vector products, so the
+  preferences are read once per 16 seeds (at n >= 1000 with 16 or more
+  seeds, 32% to 65% of the machine's matrix-multiply rate was reached).
+* **Per-seed games** (each seed draws its own game, the default), exact
+  mode, on a CPU: ``1``. Every seed reads its own preferences: a step is a
+  matrix-vector product per seed, bound by memory bandwidth, which a wider
+  ``vmap`` does not make cheaper (on XLA:CPU a batched matrix-vector product
+  is slower per seed than one alone at ``n >= 1000``). At ``n`` of 100 or
+  less, blocks of 16 to 256 were 1.3x to 5.3x faster for sweeps of 16 and
+  256 seeds, and 1 is the fastest for a lone run; the default stays 1 here,
+  where a step takes microseconds either way.
+* **Sampled mode** on a CPU: ``1`` (one seed's sampled step is small; blocks
+  of 1 were fastest in BENCHMARKS.md, "The sampled step").
+* **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every kind of run, so
+  that one block fills the device (not measured here: no accelerator).
+
+The price of a block is paid by runs with fewer seeds than the block: a
+single run computes a whole block (its seed and padding copies of it), so
+on a CPU a single run on a shared game costs what 16 seeds cost in a
+sweep's block: 5.4x to 6.7x the cost of a block of 1 at ``n <= 100``
+(microseconds per step) and 2.1x to 5.4x at ``n >= 1000``. No block is best
+for both a single run and a large sweep; the default favours sweeps, which
+is what the trainer is for. BENCHMARKS.md ("Tabular sweeps against the
+machine's limits") has the measurements behind these numbers, and
+``python -m experiments.benchmark`` measures the default against the best
+of several blocks for every row on the machine it runs on.
+"""
+
+from __future__ import annotations
+
+PLATFORMS = ('cpu', 'gpu', 'tpu')
+MODES = ('exact', 'sampled')
+
+# Measured on 2 CPU cores (BENCHMARKS.md).
+CPU_SHARED_BLOCK = 16
+# Not measured here: a block wide enough to fill an accelerator.
+ACCELERATOR_BLOCK = 256
+
+
+def default_seed_block(platform: str, shared_game: bool,
+                       num_actions: int | None = None,
+                       mode: str = 'exact') -> int:
+  """The default ``seed_block`` of a run (see the module docstring).
+
+  Args:
+    platform: the JAX backend the seeds run on, ``'cpu'``, ``'gpu'`` or
+      ``'tpu'`` (``jax.devices()[0].platform``; ``'cuda'`` and ``'rocm'``
+      count as ``'gpu'``).
+    shared_game: whether every seed plays the same game.
+    num_actions: responses per context ``n``, >= 1 where given (the rule
+      measured here does not depend on it; None where it is not known, as
+      for a language model).
+    mode: ``'exact'`` or ``'sampled'``.
+
+  Returns:
+    The block, a positive int; never a function of the number of seeds.
+
+  Raises:
+    ValueError: an unknown platform or mode, or ``num_actions < 1``.
+  """
+  platform = {'cuda': 'gpu', 'rocm': 'gpu'}.get(platform, platform)
+  if platform not in PLATFORMS:
+    raise ValueError(f'unknown platform {platform!r}; expected one of '
+                     f'{", ".join(PLATFORMS)}')
+  if mode not in MODES:
+    raise ValueError(f'unknown mode {mode!r}; expected one of '
+                     f'{", ".join(MODES)}')
+  if num_actions is not None and num_actions < 1:
+    raise ValueError(f'num_actions must be >= 1, got {num_actions}')
+  if platform != 'cpu':
+    return ACCELERATOR_BLOCK
+  if mode == 'exact' and shared_game:
+    return CPU_SHARED_BLOCK
+  return 1
