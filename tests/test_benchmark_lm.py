@@ -16,10 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from refusals import run_cases
 
 ROOT = Path(__file__).parents[1]
 BINARY = 'experiments.benchmark_lm'
@@ -112,60 +112,28 @@ REFUSALS = [
 if not _trl_installed():
   REFUSALS.append((['--trl=on'], '--trl: on, but'))
 
-# Runs each case in a child forked after the heavy imports; prints one JSON
-# line per case: exit status, stdout, stderr, and whether --output exists.
-DRIVER = textwrap.dedent('''
-    import json, os, runpy, sys
-    import experiments.common, nash_jax.experiment.inputs  # noqa: F401
-    cases, tmp = json.loads(sys.argv[1]), sys.argv[2]
-    for i, args in enumerate(cases):
-      out = os.path.join(tmp, f'{i}.jsonl')
-      files = [os.path.join(tmp, f'{i}.{s}') for s in ('out', 'err')]
-      pid = os.fork()
-      if pid == 0:
-        for fd, name in zip((1, 2), files):
-          os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT), fd)
-        sys.argv = ['benchmark_lm', *args, f'--output={out}']
-        code = 0
-        try:
-          runpy.run_module('experiments.benchmark_lm', run_name='__main__',
-                           alter_sys=True)
-        except SystemExit as e:
-          code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-          import traceback; traceback.print_exc(); code = 99
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(code)
-      _, status = os.waitpid(pid, 0)
-      text = [open(name).read() for name in files]
-      print(json.dumps([os.waitstatus_to_exitcode(status), *text,
-                        os.path.exists(out)]), flush=True)
-''')
-
-
 @pytest.fixture(scope='module')
 def refusals(tmp_path_factory):
+  """``(outcome, output file)`` of every case of :data:`REFUSALS`."""
   tmp = tmp_path_factory.mktemp('refusals')
-  cases = [args for args, _ in REFUSALS]
-  proc = subprocess.run(
-      [sys.executable, '-c', DRIVER, json.dumps(cases), str(tmp)],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = [json.loads(line) for line in proc.stdout.splitlines()]
-  assert len(results) == len(cases), proc.stderr[-3000:]
-  return results
+  outputs = [tmp / f'{i}.jsonl' for i in range(len(REFUSALS))]
+  cases = [[*args, f'--output={out}'] for (args, _), out in
+           zip(REFUSALS, outputs)]
+  outcomes = run_cases(BINARY, cases, tmp / 'driver', env=_env(),
+                       timeout=300)
+  return list(zip(outcomes, outputs))
 
 
 @pytest.mark.parametrize('index', range(len(REFUSALS)),
                          ids=[' '.join(a) for a, _ in REFUSALS])
 def test_refuses_bad_flags_before_any_work(refusals, index):
-  code, stdout, stderr, wrote = refusals[index]
+  outcome, output = refusals[index]
   expected = REFUSALS[index][1]
-  assert code == 2, stderr
-  assert stdout == ''  # Nothing measured, not even the machine line.
-  assert not wrote
-  lines = stderr.splitlines()
-  assert len(lines) == 1, stderr
+  assert outcome.returncode == 2, outcome.stderr
+  assert outcome.stdout == ''  # Nothing measured, not even the machine line.
+  assert not output.exists()
+  lines = outcome.stderr.splitlines()
+  assert len(lines) == 1, outcome.stderr
   assert lines[0].startswith(f'error: {expected}'), lines[0]
 
 

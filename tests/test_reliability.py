@@ -15,12 +15,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from absl import flags
+from refusals import run_cases
 
 from experiments import common
 from nash_jax import checkpoint as checkpoint_lib
@@ -73,13 +75,12 @@ def test_flag_parse_errors_are_one_line_naming_the_flag(args, line):
   assert _parse_error(*args) == line
 
 
-BINARIES = ('matrix_game', 'compare', 'stability', 'lm', 'benchmark_sampled',
-            'reproduce')
+BINARIES = ('matrix_game', 'compare', 'stability', 'lm', 'benchmark',
+            'benchmark_sampled', 'benchmark_lm', 'crossplay', 'reproduce')
 
 
 @pytest.mark.parametrize('name', BINARIES)
 def test_every_binary_parses_flags_through_common(name):
-  # benchmark.py belongs to the benchmark work (issue 11) and is left out.
   source = (ROOT / 'experiments' / f'{name}.py').read_text()
   assert 'app.run(main, flags_parser=common.parse_flags)' in source
 
@@ -349,6 +350,33 @@ def test_a_locked_output_dir_refuses_a_second_run(tmp_path):
   first.release()
   assert not (tmp_path / 'out' / '.lock').exists()
   experiment.OutputLock(str(tmp_path / 'out')).acquire().release()
+
+
+def test_two_real_processes_into_one_output_dir(tmp_path):
+  # Two genuine processes: the second refuses with one line naming the
+  # first's process id, before any work, and the first is untouched; once
+  # the first is killed (SIGKILL: no cleanup), its lock is gone with it.
+  out = tmp_path / 'out'
+  args = ['--num_actions=4', '--num_steps=100000000', '--eval_every=1000000',
+          '--checkpoint_every=0', f'--output_dir={out}']
+  first = _start('experiments.matrix_game', *args)
+  try:
+    deadline = time.time() + 120
+    while not (out / '.lock').exists() and first.poll() is None:
+      assert time.time() < deadline, 'the first run never took its lock'
+      time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    second = _start('experiments.matrix_game', *args)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err[-2000:]
+    assert _lines(err) == [
+        f'error: --output_dir: {out} is in use by another run (process '
+        f'{first.pid}); wait for it to end or choose another --output_dir']
+    assert first.poll() is None  # Still running.
+  finally:
+    first.kill()
+    first.communicate()
+  experiment.OutputLock(str(out)).acquire().release()
 
 
 # --------------------------------------------------------------------------
@@ -684,24 +712,19 @@ def test_checkpoints_saved_before_a_new_switch_still_resume():
           'stop_on_divergence: None -> True']
 
 
-@pytest.mark.parametrize('args,flag', [
-    (['--repeats=0'], 'repeats'),
-    (['--num_actions=1'], 'num_actions'),
-    (['--output={tmp}'], 'output'),
-    (['--output={tmp}/file/x.csv'], 'output'),
-])
-def test_benchmark_sampled_refuses_bad_input_before_any_work(args, flag,
-                                                             tmp_path):
+def test_benchmark_sampled_refuses_bad_input_before_any_work(tmp_path):
   (tmp_path / 'file').write_text('')
-  args = [a.format(tmp=tmp_path) for a in args]
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.benchmark_sampled', *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith(f'error: --{flag}:'), \
-      proc.stderr
-  assert 'device:' not in proc.stdout
+  cases = [(['--repeats=0'], 'repeats'), (['--num_actions=1'], 'num_actions'),
+           ([f'--output={tmp_path}'], 'output'),
+           ([f'--output={tmp_path}/file/x.csv'], 'output')]
+  outcomes = run_cases('experiments.benchmark_sampled',
+                       [args for args, _ in cases], tmp_path / 'driver')
+  for (args, flag), outcome in zip(cases, outcomes):
+    assert outcome.returncode == 2, (args, outcome.stderr[-2000:])
+    lines = outcome.lines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: --{flag}:'), (
+        args, outcome.stderr)
+    assert 'device:' not in outcome.stdout
 
 
 # --------------------------------------------------------------------------
