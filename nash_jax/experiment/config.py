@@ -320,14 +320,17 @@ def memory_estimate(config, runs: int = 1) -> tuple[str, int, str]:
   """
   itemsize = np.dtype(config.dtype).itemsize
   shared = config.game == 'file' or config.game_seed is not None
-  games = 1 if shared and runs == 1 else config.num_seeds * runs
+  games = 1 if shared else config.num_seeds * runs  # Sweeps keep it shared.
   square = config.num_contexts * config.num_actions ** 2
   exact = games * square * (8 + itemsize) + 4 * square * 8
   game_what = (f'{games} game{"s" if games > 1 else ""} of '
                f'{config.num_contexts} x {config.num_actions}^2 preferences')
   if config.mode != 'sampled':
     return 'num_actions', exact, game_what
-  in_flight = min(config.seed_block, config.num_seeds * runs)
+  block = config.seed_block
+  if block is None:  # Not resolved yet: the default's rule.
+    block = resolve_seed_block(config, shared, config.num_actions).seed_block
+  in_flight = min(block, config.num_seeds * runs)
   batch = (in_flight * config.batch_size * FLOATS_PER_COMPARISON *
            itemsize)
   if batch > exact:
