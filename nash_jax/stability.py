@@ -145,7 +145,8 @@ def read_csv(path: str) -> list[dict]:
   return rows
 
 
-def plot(rows: list[dict], path: str, title: str = '') -> None:
+def plot(rows: list[dict], path: str, title: str = '',
+         optimizer: str = 'sgd') -> None:
   """Heatmaps of ``fraction_converged`` over ``learning_rate`` x ``beta``,
   one panel per algorithm, each cell annotated with the converged and
   diverged fractions and the median final KL. Writes ``path`` (PNG) and
@@ -180,7 +181,7 @@ def plot(rows: list[dict], path: str, title: str = '') -> None:
                   color='black' if table[i, j] > 0.6 else 'white')
     ax.set_xticks(range(len(rates)), [f'{v:g}' for v in rates])
     ax.set_yticks(range(len(betas)), [f'{v:g}' for v in betas])
-    ax.set_xlabel('learning rate (sgd step)')
+    ax.set_xlabel(f'learning rate ({optimizer} step)')
     ax.set_ylabel('beta (KL regularization)')
     ax.set_title(name, color=style(name)['color'])
   fig.colorbar(image, ax=axes[0].tolist(),

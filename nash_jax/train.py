@@ -12,6 +12,23 @@ mesh (``shard_map`` inside ``jit``; no ``pmap``), each device mapping over its
 own blocks, so the same code runs on one CPU, on N fake CPU devices, on a GPU
 or on a TPU slice, and a seed's result does not depend on the device count.
 
+Data parallel. A run with one seed and a large per-step batch (a language
+model) would leave all but one device idle. With a 2-D mesh ``('seeds',
+'data')`` (:func:`seed_mesh` with ``data_parallel > 1``), ``shard_map`` is
+manual over ``'seeds'`` only (``axis_names={'seeds'}``) and automatic over
+``'data'``: the runs' arguments (params, optimizer state, anchors) are
+replicated over ``'data'``, and the sampled algorithms constrain their
+per-step batch (contexts, generated responses, outcomes, reference
+log-probabilities; :func:`nash_jax.algorithms.base.shard_batch`) to
+``P('data')``, so XLA partitions generation, scoring and the loss over the
+batch and all-reduces the gradient. The algorithm code is the same; with
+one ``'data'`` device (the default) the constraint is not emitted and the
+program is the one without data parallelism. Random numbers are
+partitionable threefry (the default), so every device draws the bits the
+whole batch would; only the order of the all-reduced sums changes, and
+with it the last bits of the results (``tests/test_lm_parallel.py``
+measures it).
+
 Seed blocks. XLA compiles a vmapped program differently for different batch
 sizes (fusion, vector tails, FMA contraction), and even a lane's position in
 the batch can change the last bit of a reduction; so seed ``i`` of an 8-seed
@@ -39,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nash_jax.algorithms.base import Algorithm
+from nash_jax.algorithms.base import DATA_AXIS, Algorithm
 
 
 def info_template(algorithm: Algorithm, state, env_params):
@@ -104,13 +121,36 @@ def _map_blocks(fn: Callable, args, num_blocks, seed_block: int):
   return jax.lax.fori_loop(0, num_blocks, body, out)
 
 
-def seed_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh ``('seeds',)`` over the first ``num_devices`` devices (all by
-  default; across every host after ``jax.distributed.initialize``)."""
+def seed_mesh(num_devices: int | None = None,
+              data_parallel: int = 1) -> jax.sharding.Mesh:
+  """The device mesh of a run, over the first ``num_devices`` devices (all
+  by default; across every host after ``jax.distributed.initialize``, in
+  ``jax.devices()`` order, so that a ``'data'`` group is ``data_parallel``
+  consecutive devices, on one host when it has that many).
+
+  ``data_parallel = 1``: a 1-D mesh ``('seeds',)``. Otherwise a 2-D mesh
+  ``('seeds', 'data')`` of shape ``[num_devices / data_parallel,
+  data_parallel]``: the seed axis is split over ``'seeds'`` as before, and
+  each run's per-step batch over ``'data'`` (module docstring).
+
+  Raises:
+    ValueError: ``data_parallel`` does not divide the number of devices.
+  """
   devices = jax.devices()
   if num_devices is not None:
     devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.array(devices), ('seeds',))
+  if data_parallel == 1:
+    return jax.sharding.Mesh(np.array(devices), ('seeds',))
+  if data_parallel < 1 or len(devices) % data_parallel:
+    raise ValueError(f'data_parallel={data_parallel} does not divide the '
+                     f'{len(devices)} devices')
+  return jax.sharding.Mesh(
+      np.array(devices).reshape(-1, data_parallel), ('seeds', DATA_AXIS))
+
+
+def seed_devices(mesh: jax.sharding.Mesh) -> int:
+  """The number of devices the seed axis is split over (``'seeds'``)."""
+  return mesh.shape['seeds']
 
 
 def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
@@ -121,8 +161,12 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
     fn: a per-seed function of positional arguments.
     seed_block: seeds per ``vmap``.
     shared: per argument, True when it has no seed axis (replicated).
-    mesh: a 1-D ``('seeds',)`` mesh; the seed axis is split evenly over it
-      and each device maps over its own blocks.
+    mesh: a ``('seeds',)`` or ``('seeds', 'data')`` mesh (:func:`seed_mesh`);
+      the seed axis is split evenly over ``'seeds'`` and each device maps
+      over its own blocks. ``fn`` is manual over ``'seeds'`` only: over
+      ``'data'`` its arguments are replicated and XLA partitions it
+      (automatic sharding, from the ``'data'`` constraints that
+      :func:`nash_jax.algorithms.base.shard_batch` puts on the batch).
 
   Returns:
     A function ``run(num_blocks, *args)`` (seed axis first on the unshared
@@ -145,8 +189,12 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
     return _map_blocks(one_block, mapped, num_blocks, seed_block)
 
   specs = (replicated,) + tuple(replicated if s else seeds for s in shared)
+  # Manual over 'seeds' only; any other mesh axis ('data') stays automatic.
+  # A 1-D mesh keeps the fully manual call it always had.
+  manual = {} if mesh.axis_names == ('seeds',) else {
+      'axis_names': frozenset({'seeds'})}
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seeds,
-                       check_vma=False)
+                       check_vma=False, **manual)
 
 
 def sharing(shared) -> tuple[bool, bool]:
@@ -302,8 +350,11 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
       out from a block of its own so that every seed keeps its lane
       (:func:`seed_layout`): a cell's seed is bit-identical to its single
       run with the same ``seed_block`` and sharing.
-    mesh: the ``('seeds',)`` device mesh (default: all devices); results do
-      not depend on the number of devices.
+    mesh: the device mesh (default: all devices, ``('seeds',)``); results
+      do not depend on the number of devices along ``'seeds'``. With a
+      ``'data'`` axis (:func:`seed_mesh`'s ``data_parallel``) each run's
+      batch is split over it and its gradients are all-reduced, which
+      changes the last bits (the order of the sums), not the algorithm.
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
     until: optional stopping rule, called with each row; the run ends after
       the first evaluation where it returns True (e.g. a query budget).
@@ -319,7 +370,7 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
     evaluation rows (step 0 first), each a dict of ``[S]`` NumPy arrays.
   """
   mesh = mesh or seed_mesh()
-  num_devices = mesh.devices.size
+  num_devices = seed_devices(mesh)
   num_runs = keys.shape[0]
   gather, positions = seed_layout(first_seed, num_runs, seed_block,
                                   num_devices, group_size)

@@ -210,6 +210,53 @@ def test_sampled_csv(runs):
       assert all(np.isfinite(r['kl_to_equilibrium']) for r in run)
 
 
+def test_language_model_csvs(runs):
+  directory = runs['out'] / 'language_model'
+  stab = common.read_csv(directory / 'lm_stability.csv')
+  assert {(r['algorithm'], r['beta'], r['learning_rate']) for r in stab} == {
+      (a, 0.1, lr) for a in ('online_ipo', 'nash_prox') for lr in (0.01, 0.3)}
+  for r in stab:
+    assert r['num_seeds'] == 2 and r['preference_queries'] >= 80
+    assert 0 <= r['fraction_converged'] <= 1
+    assert r['kl_min'] <= r['kl_median'] <= r['kl_max']
+  kl = common.read_csv(directory / 'lm_kl.csv')
+  assert list(dict.fromkeys(r['algorithm'] for r in kl)) == [
+      'online_ipo', 'nash_prox', 'dpo']
+  # Every run starts at pi_ref: one KL(pi* || pi_ref) for all at step 0.
+  start = {r['kl_to_equilibrium'] for r in kl if r['step'] == 0}
+  assert len(start) == 1
+  last = max(r['step'] for r in kl)
+  for name in ('online_ipo', 'nash_prox'):
+    queries = common.column(kl, 'preference_queries', algorithm=name,
+                            step=last)
+    assert np.all(queries >= 80)
+    # The comparison's run is the stability cell at its (beta, lr).
+    final = common.column(kl, 'kl_to_equilibrium', algorithm=name,
+                          step=last)
+    cell = [r for r in stab if r['algorithm'] == name and
+            r['learning_rate'] == 0.01][0]
+    np.testing.assert_allclose(np.median(final), cell['kl_median'],
+                               rtol=1e-12)
+  # dpo asks its 80 queries up front.
+  assert set(common.column(kl, 'preference_queries', algorithm='dpo')) == {
+      80}
+  cross = common.read_csv(directory / 'lm_crossplay.csv')
+  names = ['pi_ref', 'online_ipo', 'nash_prox', 'dpo']
+  w = np.asarray([[common.column(cross, 'win_rate', row=a, column=b)[0]
+                   for b in names] for a in names])
+  np.testing.assert_allclose(w + w.T, 1, atol=1e-12)
+  np.testing.assert_allclose(np.diag(w), 0.5, atol=1e-12)
+  # W[dpo, pi_ref] from the run's own files, by an independent formula.
+  run = directory / 'runs' / 'comparison' / 'dpo'
+  game = np.load(run / 'game.npz')
+  pi = np.load(run / 'final_policy.npy').mean(0)
+  ref = game['ref_policy'] / game['ref_policy'].sum(-1, keepdims=True)
+  expected = sum(
+      rho * pi[x] @ game['preferences'][x] @ ref[x]
+      for x, rho in enumerate(game['context_weights']))
+  np.testing.assert_allclose(w[3, 0], expected, rtol=1e-9)
+
+
 def test_sampled_floor():
   kl = np.asarray([[1.0, 2.0]] * 7 + [[0.1, 0.4], [0.3, 0.2]])   # [T=9, 2]
   # The last quarter of 8 steps after the first evaluation: 2 evaluations.

@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import chex
 import flax.struct
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -162,6 +163,30 @@ class SampledState:
   data: Any = None
 
 
+# The device-mesh axis a run's per-step batch is split over (data
+# parallelism; :func:`nash_jax.train.seed_mesh`).
+DATA_AXIS = 'data'
+
+
+def shard_batch(tree):
+  """``tree`` with the leading (batch) axis of every leaf constrained to the
+  ``'data'`` axis of the device mesh in context
+  (``jax.lax.with_sharding_constraint(x, P('data'))``), so that XLA splits
+  the work on that batch over the ``'data'`` devices (the trainer's
+  ``shard_map`` is manual over ``'seeds'`` only and leaves ``'data'`` to
+  XLA; :mod:`nash_jax.train`). Without a mesh, or with one ``'data'``
+  device, ``tree`` is returned untouched and nothing is emitted, so the
+  program is the same as without data parallelism. Under ``vmap`` (seeds)
+  the constraint applies to the batch axis of each run."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if (mesh.empty or DATA_AXIS not in mesh.axis_names
+      or mesh.shape[DATA_AXIS] == 1):
+    return tree
+  spec = jax.sharding.PartitionSpec(DATA_AXIS)
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec),
+                      tree)
+
+
 class Algorithm(NamedTuple):
   """An NLHF algorithm as pure functions; see the module docstring."""
 
@@ -171,13 +196,52 @@ class Algorithm(NamedTuple):
   policy: Policy
 
 
+def _widen(tree):
+  """``tree`` with its floating leaves narrower than float32 (bfloat16,
+  float16) cast to float32; every other leaf (float32, float64, ints,
+  ``None``) is returned as it is, untouched."""
+  def widen(x):
+    if x is None or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      return x
+    if jnp.finfo(jnp.result_type(x)).bits >= 32:
+      return x
+    return jnp.asarray(x, jnp.float32)
+  return jax.tree.map(widen, tree, is_leaf=lambda x: x is None)
+
+
+def in_float32(inner: optax.GradientTransformation
+               ) -> optax.GradientTransformation:
+  """``inner`` run on float32 copies of low-precision gradients and params.
+
+  For bfloat16 (or float16) params, ``inner``'s state (adam's moments
+  ``mu``, ``nu``; ``inject_hyperparams``' stored hyperparameters) and its
+  arithmetic are float32, and so are the updates it returns;
+  ``optax.apply_updates`` adds them to the params in float32 and rounds the
+  sum to the params' dtype. Without this, ``inject_hyperparams`` stores the
+  hyperparameters in the params' dtype: in bfloat16 (8 significant bits)
+  adam's ``b2 = 0.999`` rounds to 1, the bias correction ``1 - b2^t`` is 0
+  and the first update is NaN; and a bfloat16 ``nu`` cannot decay by a
+  factor 0.999 (the change is below half an ulp). float32 and float64
+  params pass through untouched (the same program as ``inner`` alone).
+  """
+  def init(params):
+    return inner.init(_widen(params))
+
+  def update(updates, state, params=None):
+    return inner.update(_widen(updates), state, _widen(params))
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config: AlgorithmConfig) -> optax.GradientTransformation:
   """The optax chain of a parameter-space method.
 
   ``clip_by_global_norm(max_grad_norm)`` (if set), then sgd or adam whose
   learning rate is injected (``optax.inject_hyperparams``), constant or a
   cosine decay over ``decay_steps``. ``learning_rate`` may be a tracer, so a
-  sweep over it is one compiled call.
+  sweep over it is one compiled call. The chain runs in at least float32
+  (:func:`in_float32`): with bfloat16 params its hyperparameters, state
+  and updates are float32 and only the params are rounded to bfloat16.
   """
   factory = {'sgd': optax.sgd, 'adam': optax.adam}[config.optimizer]
   learning_rate = config.learning_rate
@@ -188,7 +252,7 @@ def make_optimizer(config: AlgorithmConfig) -> optax.GradientTransformation:
   if config.max_grad_norm is not None:
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
                             optimizer)
-  return optimizer
+  return in_float32(optimizer)
 
 
 def new_state(key, params, extra=()) -> PolicyState:

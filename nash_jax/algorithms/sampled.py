@@ -52,6 +52,7 @@ from nash_jax.algorithms.base import (
   AlgorithmConfig,
   SampledState,
   make_optimizer,
+  shard_batch,
 )
 from nash_jax.environments.core import Environment
 from nash_jax.policies.core import Policy
@@ -76,19 +77,26 @@ def draw_batch(key, policy: Policy, env: Environment, env_params, params,
   ``y' ~ pi_opponent`` (mixed with ``pi_ref`` by ``mixture``, unless it is
   None) and ``o``. The environment's reference is handed to the policy only
   for a mixture, so that a sequence policy runs the reference model only
-  where it is needed."""
+  where it is needed.
+
+  Data parallel: the contexts, both responses and the whole batch are
+  constrained to the mesh's ``'data'`` axis (:func:`~nash_jax.algorithms.
+  base.shard_batch`; a no-op without one), so that generation, the
+  oracle, reference scoring and the loss on this batch are split over the
+  ``'data'`` devices."""
   x_key, y_key, opp_key, o_key = jax.random.split(key, 4)
-  x = env.contexts(env_params, x_key, batch_size)
-  responses = policy.sample(y_key, params, x, 0.0, None)
+  x = shard_batch(env.contexts(env_params, x_key, batch_size))
+  responses = shard_batch(policy.sample(y_key, params, x, 0.0, None))
   if mixture is None:
     opponents = policy.sample(opp_key, opponent_params, x, 0.0, None)
   else:
     opponents = policy.sample(opp_key, opponent_params, x, mixture,
                               env.reference(env_params))
+  opponents = shard_batch(opponents)
   outcomes = env.outcomes(env_params, o_key, x, responses, opponents)
-  return Batch(x, responses, opponents, outcomes,
-               env.ref_log_prob(env_params, x, responses),
-               env.ref_log_prob(env_params, x, opponents))
+  return shard_batch(Batch(x, responses, opponents, outcomes,
+                           env.ref_log_prob(env_params, x, responses),
+                           env.ref_log_prob(env_params, x, opponents)))
 
 
 def _sg(tree):

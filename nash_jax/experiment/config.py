@@ -701,19 +701,41 @@ class TrainOracleConfig:
                              'initialization and of its data.')
 
 
-LM_DTYPES = ('float32', 'float64')
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+  """How a language-model run spreads over devices besides its seeds
+  (:func:`nash_jax.train.seed_mesh`)."""
+
+  data_parallel: int | None = setting(
+      None, 'Devices each run\'s per-step batch is split over (data parallel: '
+      'generation, scoring and the gradient split over them, parameters '
+      'replicated, gradients all-reduced). The devices used (--num_devices, '
+      'default all, on every host) form a [devices / N, N] mesh: seeds '
+      'over the first axis, the batch over the second. Must divide the '
+      'devices used and --batch_size. Default (or 1): off, results '
+      'bit-identical to a run without it; N > 1 changes the last bits '
+      '(another compiled program, the gradient summed in another order).',
+      int)
+
+
+LM_DTYPES = ('float32', 'float64', 'bfloat16')
 # Settings of the exact mode that a language model does not have.
 _EXACT_ONLY = ('mode', 'inner_tolerance', 'max_inner_steps', 'inner_eta')
 
 LMConfig = compose(
     'LMConfig', (TokenGameConfig, OracleConfig,
                  (AlgorithmConfig, _EXACT_ONLY), ModelConfig, SFTConfig,
-                 TrainOracleConfig, SampleLogConfig, RunConfig),
+                 TrainOracleConfig, SampleLogConfig, RunConfig,
+                 ParallelConfig),
     """Every setting of a language-model run (``experiments.lm``): the flat
     composition of :class:`TokenGameConfig`, :class:`OracleConfig`,
     :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled mode),
     :class:`ModelConfig`, :class:`SFTConfig`, :class:`TrainOracleConfig`,
-    :class:`SampleLogConfig` and :class:`RunConfig`.""",
+    :class:`SampleLogConfig`, :class:`RunConfig` and
+    :class:`ParallelConfig`. ``dtype``: the transformer's parameters and
+    activations (``bfloat16`` allowed); hyperparameters, the optimizer's
+    state, log-probabilities and the exact evaluation stay in at least
+    float32 (:func:`lm_compute_dtype`).""",
     {'algorithm_config': lambda self: group_of(self, AlgorithmConfig),
      'writer': lambda self: group_of(self, SFTConfig).writer(),
      'spec': lambda self: group_of(self, TokenGameConfig).spec(),
@@ -728,6 +750,45 @@ LMConfig = compose(
 # The hyperparameters a language-model run passes as runtime values.
 LM_SWEEPABLE = ('beta', 'eta', 'learning_rate', 'anchor_tau', 'mixture',
                 'temperature')
+
+
+def lm_compute_dtype(config):
+  """The dtype of a language-model run's hyperparameters, environment data
+  and exact evaluation: ``dtype``, but at least float32 (a bfloat16 run
+  keeps only its transformer in bfloat16)."""
+  return jax.numpy.promote_types(jax.numpy.dtype(config.dtype),
+                                 jax.numpy.float32)
+
+
+def data_parallel_of(config) -> int:
+  """A run's data-parallel factor: ``data_parallel``, 1 when unset (a
+  default of None, so that checkpoints written before the setting existed
+  still resume)."""
+  value = getattr(config, 'data_parallel', None)
+  return 1 if value is None else value
+
+
+def check_data_parallel(config) -> None:
+  """Refuses a ``data_parallel`` that the devices or the batch cannot
+  split.
+
+  Raises:
+    ConfigError: naming ``--data_parallel``.
+  """
+  n = data_parallel_of(config)
+  if n < 1:
+    raise ConfigError('data_parallel', f'must be >= 1, got {n}')
+  devices = (jax.device_count() if config.num_devices is None
+             else config.num_devices)
+  source = ('--num_devices' if config.num_devices is not None else
+            'all the devices JAX sees')
+  if n > devices or devices % n:
+    raise ConfigError('data_parallel', f'must divide the {devices} devices '
+                      f'the run uses ({source}), got {n}')
+  if config.batch_size % n:
+    raise ConfigError('data_parallel', f'must divide --batch_size='
+                      f'{config.batch_size} (each device takes an equal '
+                      f'share of the batch), got {n}')
 
 
 def lm_hyperparameters(config) -> dict:
@@ -784,6 +845,9 @@ def validate_lm(config):
   check_spec(config.spec())
   validate_transformer_config(config.transformer_config())
   _check_outputs(config)
+  check_data_parallel(config)
+  if config.data_parallel == 1:  # Off, as when unset (and checkpoints match).
+    config = config.replace(data_parallel=None)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
   alg_config = resolve_algorithm(config, config.num_prompts, 1,

@@ -23,6 +23,7 @@ from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.experiment.config import (
   ExperimentConfig,
   hyperparameters,
+  lm_compute_dtype,
   lm_hyperparameters,
   setup_note,
 )
@@ -279,7 +280,7 @@ def reference_model(config, log: Callable[[str], None] = lambda line: None):
   spec, writer = config.spec(), config.writer()
   log(f'[{config.algorithm}] supervised fine-tuning of the reference: '
       f'{config.sft_steps} steps of {config.sft_batch_size} corpus responses')
-  env = tokens_lib.token_env_params(spec, dtype=jnp.dtype(config.dtype))
+  env = tokens_lib.token_env_params(spec, dtype=lm_compute_dtype(config))
   temperature = config.temperature
   log_prob = lambda p, x, y: sequence.log_prob(tconfig, p, x, y, temperature)
   sample = sft.writer_sampler(writer, env, spec.max_length, spec.vocab_size)
@@ -321,7 +322,7 @@ def lm_env_params(config, reference=None):
       config.spec(), reference=reference,
       ref_log_prob_fn=lambda ref, x, y: sequence.log_prob(
           tconfig, ref, x, y, config.temperature),
-      dtype=jnp.dtype(config.dtype))
+      dtype=lm_compute_dtype(config))
 
 
 def lm_equilibrium(game, beta) -> np.ndarray:

@@ -24,7 +24,9 @@ from nash_jax import train as train_lib
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.experiment.config import (
   ExperimentConfig,
+  data_parallel_of,
   hyperparameters,
+  lm_compute_dtype,
   lm_hyperparameters,
   setup_note,
 )
@@ -229,7 +231,8 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
         eval_every=config.eval_every, shared=shared, group_size=group_size,
         first_seed=config.seed,
         seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
-        mesh=train_lib.seed_mesh(config.num_devices),
+        mesh=train_lib.seed_mesh(config.num_devices,
+                                 data_parallel_of(config)),
         resume=resume,
         until=stopping_rule(query_budget, config.stop_on_divergence))
   if writer:
@@ -354,7 +357,9 @@ def run_lm(configs, output_dir: str | None = None,
     if c.beta not in equilibria:
       log(f'[{config.algorithm}] solving pi*_beta at beta={c.beta:g}')
       equilibria[c.beta] = lm_equilibrium(game, c.beta)
-  dtype = jnp.dtype(config.dtype)
+  # Hyperparameters and the exact evaluation in at least float32 (a
+  # bfloat16 run has only its transformer in bfloat16).
+  dtype = lm_compute_dtype(config)
   eval_game = jax.tree.map(lambda a: jnp.asarray(a, dtype), game)
   shared = len(equilibria) == 1
   with np.errstate(divide='ignore'):

@@ -23,6 +23,7 @@ from typing import Callable
 
 from nash_jax.figures import (
   convergence,
+  language_model,
   nash_vs_reward,
   num_responses,
   sampled,
@@ -65,6 +66,9 @@ FIGURES: dict[str, Figure] = {
                stability.plot, stability.validate),
         Figure('sampled', sampled.CLAIM, sampled.compute, sampled.plot,
                sampled.validate),
+        Figure('language_model', language_model.CLAIM,
+               language_model.compute, language_model.plot,
+               language_model.validate),
     )
 }
 

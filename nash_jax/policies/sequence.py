@@ -32,6 +32,13 @@ from the unnormalized mixed log-probabilities (the inverse CDF does not need
 normalization); at ``c = 0`` they are ``1 * log pi + 0 * log pi_ref = log
 pi`` exactly, so the samples are bit for bit those of ``pi``.
 
+Precision: the model runs in its parameters' dtype (bfloat16 included:
+its matmuls, activations and key-value caches; norms, RoPE and the
+attention softmax in float32, :mod:`nash_jax.policies.transformer`); the
+log-softmax over the response tokens, the token log-probabilities and their
+sums over a response (so every loss built on ``log_prob``), the mixture of
+Nash-MD and the sampling uniforms are in at least float32.
+
 Sampling draws each token by inverse CDF with one uniform (as
 :func:`nash_jax.distributions.sample_categorical`); the ``[L, B]`` uniforms
 of a call are drawn at once from its key, before the decoding loop (one
