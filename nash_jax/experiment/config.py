@@ -107,7 +107,8 @@ class RunConfig:
                                     'over (default: all, on every host).',
                                     int)
   dtype: str = setting('float64', 'Floating point type: ' +
-                       ', '.join(DTYPES) + '.')
+                       ', '.join(DTYPES) + ' (experiments.lm: also bfloat16, '
+                       'for the transformer only).')
   output_dir: str = setting('results/matrix_game', 'Where results are '
                             'written.')
   checkpoint_every: int = setting(1000, 'Steps between checkpoints in '
