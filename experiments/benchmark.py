@@ -210,36 +210,14 @@ def check_flags(f):
 # ----------------------------------------------------------------------------
 
 
-def _best_time(fn, repeats):
-  """Best wall time of ``repeats`` calls of ``fn`` (already warm)."""
-  best = math.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
-def _calls_time(fn, target, repeats):
-  """Seconds per call of ``fn``, calls repeated to about ``target`` s."""
-  fn()
-  start = time.perf_counter()
-  fn()
-  calls = max(1, int(target / max(time.perf_counter() - start, 1e-6)))
-  return _best_time(lambda: [fn() for _ in range(calls)], repeats) / calls
-
-
 def matmul_rates(dtype, size: int, target: float, repeats: int):
   """``(jax, numpy)`` FLOP/s of a ``size x size`` matrix product
   (``2 size^3`` FLOPs): ``jnp.dot`` under ``jit``, and NumPy's BLAS."""
   a = np.random.default_rng(0).random((size, size)).astype(dtype)
   b = np.random.default_rng(1).random((size, size)).astype(dtype)
-  product = jax.jit(jnp.dot)
-  x, y = jnp.asarray(a), jnp.asarray(b)
-  jax_s = _calls_time(lambda: product(x, y).block_until_ready(), target,
-                      repeats)
-  numpy_s = _calls_time(lambda: a @ b, target, repeats)
-  return 2 * size ** 3 / jax_s, 2 * size ** 3 / numpy_s
+  numpy_s = common.calls_time(lambda: a @ b, target, repeats)
+  return (common.jax_matmul_rate(dtype, size, target, repeats),
+          2 * size ** 3 / numpy_s)
 
 
 def bandwidths(mib: int, target: float, repeats: int):
@@ -254,22 +232,12 @@ def bandwidths(mib: int, target: float, repeats: int):
   reduce = jax.jit(lambda x: jnp.sum(x, axis=-1))
   product = jax.jit(jnp.dot)
   jax_s = min(
-      _calls_time(lambda: reduce(x).block_until_ready(), target, repeats),
-      _calls_time(lambda: product(x, y).block_until_ready(), target,
+      common.calls_time(lambda: reduce(x).block_until_ready(), target, repeats),
+      common.calls_time(lambda: product(x, y).block_until_ready(), target,
                   repeats))
-  numpy_s = min(_calls_time(lambda: a.sum(axis=-1), target, repeats),
-                _calls_time(lambda: a @ v, target, repeats))
+  numpy_s = min(common.calls_time(lambda: a.sum(axis=-1), target, repeats),
+                common.calls_time(lambda: a @ v, target, repeats))
   return rows * 4096 / jax_s, rows * 4096 / numpy_s
-
-
-def loadavg() -> str:
-  """The first three fields of ``/proc/loadavg`` (1, 5, 15 minutes), or
-  ``'n/a'`` where there is none."""
-  try:
-    with open('/proc/loadavg') as f:
-      return ' '.join(f.read().split()[:3])
-  except OSError:
-    return 'n/a'
 
 
 def measure_limits(f) -> dict:
@@ -383,7 +351,7 @@ class Row:
                                        self.shared, block, self.mesh)
       call = lambda r=runner: jax.block_until_ready(r(*inputs))
       state, _ = call()
-      seconds = _best_time(call, 1)
+      seconds = common.best_time(call, 1)
       if seconds > self.f.seconds / 3 or steps >= MAX_STEPS:
         break
       steps = int(min(MAX_STEPS, steps * min(64, max(
@@ -417,7 +385,7 @@ def median_rates(timers: dict, repeats: int) -> dict:
   seen = {name: [] for name in timers}
   for _ in range(repeats):
     for name, (call, seed_steps) in timers.items():
-      seen[name].append(seed_steps / _best_time(call, 1))
+      seen[name].append(seed_steps / common.best_time(call, 1))
   return {name: float(np.median(r)) for name, r in seen.items()}
 
 
@@ -454,7 +422,7 @@ def numpy_timer(games, num_seeds, kind, dtype, f):
     return log_pi
 
   steps(1)
-  once = _best_time(lambda: steps(1), 2)
+  once = common.best_time(lambda: steps(1), 2)
   count = max(1, int(f.seconds / max(once, 1e-7)))
   return (lambda: steps(count)), num_seeds * count
 
@@ -516,7 +484,7 @@ def main(argv):
   platform = jax.devices()[0].platform
   device = jax.devices()[0]
   print(f'device: {platform} {device.device_kind} x{jax.device_count()}, '
-        f'{os.cpu_count()} CPU cores; loadavg at start {loadavg()}',
+        f'{os.cpu_count()} CPU cores; loadavg at start {common.loadavg()}',
         flush=True)
   limits = measure_limits(f)
   print(common.table_line(HEADER, 10))
@@ -578,7 +546,7 @@ def main(argv):
         'limit in GFLOP/s for shared games, GB/s for per-seed games)')
   if f.memory:
     memory_check(f)
-  print(f'loadavg at end {loadavg()}; {time.time() - start:.0f}s in all')
+  print(f'loadavg at end {common.loadavg()}; {time.time() - start:.0f}s in all')
 
 
 if __name__ == '__main__':

@@ -240,37 +240,10 @@ def validate_flags():
 # ---------------------------------------------------------------- machine
 
 
-def loadavg() -> str:
-  """The 1, 5 and 15 minute load averages, or 'n/a'."""
-  try:
-    with open('/proc/loadavg') as f:
-      return ' '.join(f.read().split()[:3])
-  except OSError:
-    return 'n/a'
-
-
-def _best(fn, repeats: int) -> float:
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 def matmul_rate(dtype: str, size: int, repeats: int) -> float:
   """FLOP/s of a jitted ``size x size`` matmul (``2 size^3`` FLOPs), best
   of ``repeats`` timings of enough calls to take about 0.2 s."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
-  product = jax.jit(jnp.dot)
-  run = lambda: product(a, b).block_until_ready()
-  run()
-  start = time.perf_counter()
-  run()
-  calls = max(1, int(0.2 / max(time.perf_counter() - start, 1e-6)))
-  seconds = _best(lambda: [run() for _ in range(calls)], repeats) / calls
-  return 2 * size ** 3 / seconds
+  return common.jax_matmul_rate(dtype, size, 0.2, repeats)
 
 
 # ----------------------------------------------------------- environment
@@ -342,8 +315,8 @@ def time_chunk(body, carry, args, steps: int, repeats: int):
   compile_s = time.perf_counter() - start
   once = compiled(carry, *args)
   jax.block_until_ready(once)
-  one = _best(lambda: jax.block_until_ready(compiled(carry, *args)), repeats)
-  two = _best(lambda: jax.block_until_ready(
+  one = common.best_time(lambda: jax.block_until_ready(compiled(carry, *args)), repeats)
+  two = common.best_time(lambda: jax.block_until_ready(
       compiled(compiled(carry, *args), *args)), repeats)
   return max(two - one, 1e-9) / steps, compile_s, once, flops
 
@@ -407,7 +380,7 @@ def bench_ours(layers: int, d_model: int, dtype: str, matmul: dict) -> dict:
             'params': num_params, 'batch_prompts': batch,
             'responses_per_prompt': 2, 'prompt_length': f.prompt_length,
             'new_tokens': length, 'steps_per_chunk': f.steps,
-            'loadavg_before': loadavg()}
+            'loadavg_before': common.loadavg()}
 
   # The full step, K of them per compiled chunk.
   step_body = lambda s, e: algorithm.step(s, e)[0]
@@ -715,7 +688,7 @@ def main(argv):
   sizes = validate_flags()
   common.quiet_logs()
   f = flags.FLAGS
-  start_load = loadavg()
+  start_load = common.loadavg()
   os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
   device = jax.devices()[0]
   matmul = {d: matmul_rate(d, f.matmul_size, f.repeats) for d in DTYPES}
@@ -740,11 +713,11 @@ def main(argv):
         record = bench_ours(layers, d_model, dtype, matmul)
         if trl is not None:
           record.update(trl(layers, d_model, dtype, record))
-        record['loadavg_after'] = loadavg()
+        record['loadavg_after'] = common.loadavg()
         rows.append(record)
         emit(record, out)
     emit({'record': 'summary', 'loadavg_start': start_load,
-          'loadavg_end': loadavg(),
+          'loadavg_end': common.loadavg(),
           'tokens_per_s': {f'{r["layers"]}x{r["d_model"]} {r["dtype"]}':
                            r['tokens_per_s'] for r in rows},
           'ratio_vs_trl': {f'{r["layers"]}x{r["d_model"]} {r["dtype"]}':

@@ -317,3 +317,49 @@ def check_output_file(path: str, flag: str = 'output') -> None:
     experiment.check_output_dir(os.path.dirname(os.path.abspath(path)), flag)
   except ConfigError as e:
     fail(str(e))
+
+
+# ----------------------------------------------------------------------------
+# Measuring the machine (the benchmark binaries).
+# ----------------------------------------------------------------------------
+
+
+def loadavg() -> str:
+  """The first three fields of ``/proc/loadavg`` (1, 5, 15 minutes), or
+  ``'n/a'`` where there is none."""
+  try:
+    with open('/proc/loadavg') as f:
+      return ' '.join(f.read().split()[:3])
+  except OSError:
+    return 'n/a'
+
+
+def best_time(fn: Callable, repeats: int) -> float:
+  """Best wall time of ``repeats`` calls of ``fn`` (already warm)."""
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def calls_time(fn: Callable, target: float, repeats: int) -> float:
+  """Seconds per call of ``fn``: calls repeated to about ``target`` s, the
+  best of ``repeats`` such rounds (after a warm-up call)."""
+  fn()
+  start = time.perf_counter()
+  fn()
+  calls = max(1, int(target / max(time.perf_counter() - start, 1e-6)))
+  return best_time(lambda: [fn() for _ in range(calls)], repeats) / calls
+
+
+def jax_matmul_rate(dtype, size: int, target: float, repeats: int) -> float:
+  """FLOP/s of a jitted ``size x size`` matrix product (``2 size^3``
+  FLOPs) in ``dtype``, timed by :func:`calls_time`."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
+  product = jax.jit(jax.numpy.dot)
+  seconds = calls_time(lambda: product(a, b).block_until_ready(), target,
+                       repeats)
+  return 2 * size ** 3 / seconds
