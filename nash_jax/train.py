@@ -239,12 +239,19 @@ def make_initializer(make: Callable, evaluate: Callable, shared,
                               (False, False) + sharing(shared), mesh))
 
 
-def _groups(num_seeds: int, group_size: int | None) -> tuple[int, int]:
-  """``(groups, seeds per group)`` of ``num_seeds`` runs."""
+def _block_counts(first_seed: int, num_seeds: int, seed_block: int,
+                  num_devices: int, group_size: int | None):
+  """``(groups, seeds per group, offset, blocks per group, blocks, blocks
+  per device)`` of the layout of :func:`seed_layout`."""
   size = num_seeds if group_size is None else group_size
   if size < 1 or num_seeds % size:
     raise ValueError(f'{num_seeds} runs are not whole groups of {size}')
-  return num_seeds // size, size
+  groups = num_seeds // size
+  offset = first_seed % seed_block
+  group_blocks = -(-(offset + size) // seed_block)
+  blocks = groups * group_blocks
+  per_device = max(2, -(-blocks // num_devices))
+  return groups, size, offset, group_blocks, blocks, per_device
 
 
 def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
@@ -266,11 +273,8 @@ def seed_layout(first_seed: int, num_seeds: int, seed_block: int,
   in lane ``s mod seed_block`` in every group, as in its single run
   (padding copies a run of the group).
   """
-  groups, size = _groups(num_seeds, group_size)
-  offset = first_seed % seed_block
-  group_blocks = -(-(offset + size) // seed_block)
-  blocks = groups * group_blocks
-  per_device = max(2, -(-blocks // num_devices))
+  groups, size, offset, group_blocks, _, per_device = _block_counts(
+      first_seed, num_seeds, seed_block, num_devices, group_size)
   padded = per_device * num_devices * seed_block
   span = group_blocks * seed_block
   p = np.arange(padded)
@@ -289,10 +293,8 @@ def blocks_to_run(first_seed: int, num_seeds: int, seed_block: int,
   value, so skipping those blocks runs the same compiled program (every
   real seed's bits unchanged) and a single run, or a sweep of exactly one
   block, computes one block instead of two."""
-  groups, size = _groups(num_seeds, group_size)
-  offset = first_seed % seed_block
-  blocks = groups * -(-(offset + size) // seed_block)
-  per_device = max(2, -(-blocks // num_devices))
+  *_, blocks, per_device = _block_counts(first_seed, num_seeds, seed_block,
+                                         num_devices, group_size)
   return min(blocks, per_device)
 
 
