@@ -76,7 +76,9 @@ the rest. TRL's own default ``gradient_checkpointing=True`` would also
 generate without a key-value cache; it is off here
 (``--trl_gradient_checkpointing``), as in our step. TRL runs once per
 ``--trl_threads`` torch thread count and the fastest is reported (on a
-shared 2-core machine one thread can be many times faster than two). The
+shared 2-core machine one thread can be many times faster than two). TRL
+runs on the device class ours runs on: on CUDA when JAX's default backend
+is a GPU (and torch sees one; ``trl_device``), else on the CPU. The
 line gains ``trl_*`` fields and ``ratio_vs_trl`` (our tokens per second
 over TRL's, both counted at the maximum length). Without TRL one JSON line
 says the comparison was skipped and why.
@@ -532,6 +534,13 @@ def _trl_model(layers: int, d_model: int, dtype: str):
                    'bfloat16': torch.bfloat16}[dtype])
 
 
+def _trl_on_gpu() -> bool:
+  """TRL runs on the device class ours runs on: CUDA when JAX's default
+  backend is a GPU and torch sees one, else the CPU."""
+  import torch
+  return jax.default_backend() == 'gpu' and torch.cuda.is_available()
+
+
 def _topic_reward(prompts, completions, completion_ids, **kwargs):
   """The reward stand-in (cheap, like the annotators): topic mentions, minus
   a tenth of the length, plus a tenth of the distinct other tokens."""
@@ -587,7 +596,7 @@ def trl_run(layers: int, d_model: int, dtype: str, threads: int) -> dict:
         max_steps=total_steps, max_new_tokens=length,
         max_length=f.prompt_length + length, temperature=1.0, top_k=0,
         top_p=1.0, logging_steps=10 ** 9, save_strategy='no',
-        report_to='none', use_cpu=True, seed=0, bf16=False, fp16=False,
+        report_to='none', use_cpu=not _trl_on_gpu(), seed=0, bf16=False, fp16=False,
         dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type=(
             'constant'), warmup_steps=0, weight_decay=0.0,
         gradient_checkpointing=f.trl_gradient_checkpointing)
@@ -649,6 +658,7 @@ def trl_bench(layers: int, d_model: int, dtype: str, ours: dict) -> dict:
       'trl_version': _version('trl'), 'torch_version': torch.__version__,
       'transformers_version': transformers.__version__,
       'trl_model': f.trl_model, 'trl_params': best['params'],
+      'trl_device': 'cuda' if _trl_on_gpu() else 'cpu',
       'trl_gradient_checkpointing': f.trl_gradient_checkpointing,
       'trl_torch_threads': best['threads'],
       'trl_tokens_per_s_by_threads': {
