@@ -15,6 +15,10 @@ from nash_jax.games.core import Game, expectation, win_rates
 
 METRICS = ('kl_to_equilibrium', 'duality_gap', 'exploitability',
            'fixed_point_residual', 'win_rate_vs_ref')
+# What a run whose responses cannot be listed reports instead, estimated by
+# sampling (nash_jax.evaluation.sampled_evaluator).
+SAMPLED_METRICS = ('win_rate_vs_ref', 'win_rate_vs_ref_se', 'kl_to_ref',
+                   'response_length', 'eos_rate')
 
 
 def kl(log_p: chex.Array, log_q: chex.Array) -> chex.Array:

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nash_jax.algorithms.base import in_float32
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.errors import ConfigError
 
@@ -163,7 +164,7 @@ def writer_sampler(writer: Writer, env_params, max_length: int,
 @functools.partial(jax.jit, static_argnums=(1, 3, 4, 5))
 def _fit(key, log_prob_fn, params, sample, num_steps, batch_size,
          learning_rate):
-  optimizer = optax.adam(learning_rate)
+  optimizer = in_float32(optax.adam(learning_rate))
 
   def loss_fn(p, x, y):
     return -jnp.mean(log_prob_fn(p, x, y))

@@ -29,6 +29,7 @@ from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import experiment, reference
 from nash_jax.algorithms import ConfigError
 from nash_jax.experiment.run import stop_line
+from nash_jax.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSL_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
@@ -448,8 +449,7 @@ def test_stop_on_divergence_stops_at_that_evaluation(tmp_path, monkeypatch):
 def test_summary_tells_nan_from_inf():
   config = experiment.ExperimentConfig(num_seeds=3, seed=4)
   row = {'step': np.full(3, 10), 'preference_queries': np.full(3, 10),
-         **{m: np.array([0.1, np.inf, np.nan]) for m in (
-             experiment.metric_columns([{}])[2:])}}
+         **{m: np.array([0.1, np.inf, np.nan]) for m in METRICS}}
   s = experiment.summary(experiment.Results(config, [row], None, None, 1.0))
   assert [f['diverged'] for f in s['final']] == [None, 'inf', 'nan']
   assert s['diverged'] == {'inf': [5], 'nan': [6]}

@@ -625,9 +625,6 @@ class ModelConfig:
                                  'head to the input embedding.')
   model_seed: int = setting(0, 'Seed of the reference model\'s random '
                             'initialization (the policy starts there).')
-  temperature: float = setting(1.0, 'Sampling temperature T; the policy is '
-                               'softmax(logits / T) in sampling and in '
-                               'log-probabilities alike (> 0).')
 
   def transformer_config(self, vocab_size: int,
                          dtype: str) -> TransformerConfig:
@@ -637,6 +634,15 @@ class ModelConfig:
         num_kv_heads=self.num_kv_heads, mlp_dim=self.mlp_dim,
         rope_theta=float(self.rope_theta),
         tie_embeddings=self.tie_embeddings, param_dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How a language-model policy samples (and scores) responses."""
+
+  temperature: float = setting(1.0, 'Sampling temperature T; the policy is '
+                               'softmax(logits / T) in sampling and in '
+                               'log-probabilities alike (> 0).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -725,13 +731,14 @@ _EXACT_ONLY = ('mode', 'inner_tolerance', 'max_inner_steps', 'inner_eta')
 
 LMConfig = compose(
     'LMConfig', (TokenGameConfig, OracleConfig,
-                 (AlgorithmConfig, _EXACT_ONLY), ModelConfig, SFTConfig,
+                 (AlgorithmConfig, _EXACT_ONLY), ModelConfig, SamplingConfig,
+                 SFTConfig,
                  TrainOracleConfig, SampleLogConfig, RunConfig,
                  ParallelConfig),
     """Every setting of a language-model run (``experiments.lm``): the flat
     composition of :class:`TokenGameConfig`, :class:`OracleConfig`,
     :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled mode),
-    :class:`ModelConfig`, :class:`SFTConfig`, :class:`TrainOracleConfig`,
+    :class:`ModelConfig`, :class:`SamplingConfig`, :class:`SFTConfig`, :class:`TrainOracleConfig`,
     :class:`SampleLogConfig`, :class:`RunConfig` and
     :class:`ParallelConfig`. ``dtype``: the transformer's parameters and
     activations (``bfloat16`` allowed); hyperparameters, the optimizer's

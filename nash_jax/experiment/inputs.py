@@ -117,12 +117,16 @@ def algorithm_maker(config: ExperimentConfig):
 # induced exact game and its reference solutions.
 
 
-def lm_policy(tconfig, max_length: int, temperature) -> policies_lib.Policy:
-  """The transformer policy (``temperature`` may be traced), counting the
-  tokens it generates (every sampled token through EOS) for the cost."""
-  policy = sequence.make_sequence_policy(tconfig, max_length, temperature)
+def lm_policy(tconfig, max_length: int, temperature,
+              ids: sequence.TokenIds | None = None) -> policies_lib.Policy:
+  """The transformer policy (``temperature`` may be traced) with the special
+  token ids ``ids`` (``None``: the synthetic ones), counting the tokens it
+  generates (every sampled token through the end token) for the cost."""
+  policy = sequence.make_sequence_policy(tconfig, max_length, temperature,
+                                         ids)
+  mask_ids = sequence.SYNTHETIC_IDS if ids is None else ids
   return policy._replace(num_tokens=lambda y: jnp.sum(
-      sequence.response_mask(y), dtype=jnp.int32))
+      sequence.response_mask(y, mask_ids), dtype=jnp.int32))
 
 
 def lm_environment(spec, oracle: str, tconfig, temperature):

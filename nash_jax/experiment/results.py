@@ -196,7 +196,9 @@ def lock_output_dir(output_dir: str,
 def metric_columns(rows) -> list[str]:
   """Column order of ``metrics.csv`` after ``seed``: the scalar entries of a
   row (per-seed arrays such as generated samples are not columns)."""
-  first = ['step', 'preference_queries'] + list(metrics_lib.METRICS)
+  first = [c for c in ['step', 'preference_queries'] + list(
+      dict.fromkeys(metrics_lib.METRICS + metrics_lib.SAMPLED_METRICS))
+           if c in rows[0]]
   return first + sorted(k for k in rows[0] if k not in first and
                         np.ndim(rows[0][k]) == 1)
 
@@ -274,11 +276,20 @@ class TensorBoard:
 
 
 DIVERGENCE_METRIC = 'kl_to_equilibrium'
+# Where nothing exact is known (a text environment): the sampled KL to pi_ref.
+SAMPLED_DIVERGENCE_METRIC = 'kl_to_ref'
+
+
+def divergence_metric(row) -> str:
+  """The metric whose non-finite values mark a diverged run:
+  ``kl_to_equilibrium`` where the row has it, else ``kl_to_ref``."""
+  return (DIVERGENCE_METRIC if DIVERGENCE_METRIC in row
+          else SAMPLED_DIVERGENCE_METRIC)
 
 
 def divergence(kl) -> list[str | None]:
   """Per run: ``'inf'`` or ``'nan'`` where ``kl`` (a row's
-  ``kl_to_equilibrium``) has diverged to that value, else None."""
+  :func:`divergence_metric`) has diverged to that value, else None."""
   kl = np.asarray(kl, np.float64)
   return ['nan' if np.isnan(v) else 'inf' if np.isinf(v) else None
           for v in kl.reshape(-1)]
@@ -286,7 +297,7 @@ def divergence(kl) -> list[str | None]:
 
 def diverged(row) -> bool:
   """Whether some run of an evaluation row has diverged."""
-  return not np.all(np.isfinite(np.asarray(row[DIVERGENCE_METRIC],
+  return not np.all(np.isfinite(np.asarray(row[divergence_metric(row)],
                                            np.float64)))
 
 
@@ -294,12 +305,13 @@ def divergence_note(row) -> str:
   """The progress line's mark of an evaluation row where runs diverged,
   e.g. ``'  DIVERGED: kl_to_equilibrium inf in 1, nan in 2 of 8 runs'``
   (``''`` when none has)."""
-  kinds = divergence(row[DIVERGENCE_METRIC])
+  name = divergence_metric(row)
+  kinds = divergence(row[name])
   counts = [f'{kind} in {kinds.count(kind)}' for kind in ('inf', 'nan')
             if kind in kinds]
   if not counts:
     return ''
-  return (f'  DIVERGED: {DIVERGENCE_METRIC} {", ".join(counts)} of '
+  return (f'  DIVERGED: {name} {", ".join(counts)} of '
           f'{len(kinds)} runs')
 
 
@@ -312,7 +324,7 @@ def summary(results: Results) -> dict:
   columns = metric_columns(results.rows)
   seeds = range(results.config.seed,
                 results.config.seed + results.config.num_seeds)
-  kinds = divergence(last[DIVERGENCE_METRIC])
+  kinds = divergence(last[divergence_metric(last)])
   per_seed = [{'seed': s, **{c: float(last[c][i]) for c in columns},
                'diverged': kinds[i]} for i, s in enumerate(seeds)]
   mean = {c: float(np.mean(last[c])) for c in columns}
@@ -354,8 +366,10 @@ def write_results(results: Results, output_dir: str | None = None,
   columns = metric_columns(results.rows)
   write_csv(join('metrics.csv'), ['seed'] + columns,
             _csv_records(results.rows, results.config, columns))
-  write_npy(join('final_policy.npy'), results.final_policy)
-  write_npy(join('equilibrium.npy'), results.equilibrium)
+  if results.final_policy is not None:  # None where nothing is listed.
+    write_npy(join('final_policy.npy'), results.final_policy)
+  if results.equilibrium is not None:
+    write_npy(join('equilibrium.npy'), results.equilibrium)
   if extra is not None:
     extra(join)
   write_json(join('manifest.json'), manifest(results))
@@ -427,7 +441,10 @@ def manifest(results: Results) -> dict:
 def format_table(results: Results) -> str:
   """The final table printed by the binary: one line per seed, then the mean."""
   s = summary(results)
-  cols = ['preference_queries'] + list(metrics_lib.METRICS)
+  cols = ['preference_queries'] + [
+      c for c in dict.fromkeys(metrics_lib.METRICS +
+                               metrics_lib.SAMPLED_METRICS)
+      if c in s['mean']]
   header = f'{"seed":>6} ' + ' '.join(f'{c:>20}' for c in cols)
   lines = [header]
   for row in s['final'] + [{'seed': 'mean', **s['mean']}]:

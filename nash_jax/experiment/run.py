@@ -143,6 +143,13 @@ def stopping_rule(query_budget: int | None, stop_on_divergence: bool):
   return until
 
 
+# The metrics of a progress line (means over seeds): the exact ones of a
+# listed environment, or the sampled ones of a text environment.
+PROGRESS_METRICS = ('kl_to_equilibrium', 'duality_gap', 'exploitability')
+SAMPLED_PROGRESS_METRICS = ('win_rate_vs_ref', 'win_rate_vs_ref_se',
+                            'kl_to_ref', 'response_length')
+
+
 def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
                    env_params, eval_data, hyper: dict, *, shared,
                    output_dir: str, checkpoint_config: dict,
@@ -189,12 +196,13 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
     rate = (step - clock['step']) / max(now - clock['t'], 1e-9)
     left = (f'~{(config.num_steps - step) / rate:.0f}s left' if rate > 0
             else '~?s left')
+    names = (PROGRESS_METRICS if PROGRESS_METRICS[0] in row
+             else SAMPLED_PROGRESS_METRICS)
+    shown = ''.join(f'{name} {np.mean(row[name]):.3e}  ' for name in names)
+    speed = f'{rate:8.0f}' if rate >= 10 else f'{rate:8.3f}'
     log(f'[{config.algorithm}] step {step:>7d}/{config.num_steps}  '
-        f'queries {int(np.mean(row["preference_queries"])):>9d}  '
-        f'kl_to_equilibrium {np.mean(row["kl_to_equilibrium"]):.3e}  '
-        f'duality_gap {np.mean(row["duality_gap"]):.3e}  '
-        f'exploitability {np.mean(row["exploitability"]):.3e}  '
-        f'{rate:8.0f} steps/s  {left}  ({now - start:.1f}s)'
+        f'queries {int(np.mean(row["preference_queries"])):>9d}  {shown}'
+        f'{speed} steps/s  {left}  ({now - start:.1f}s)'
         + divergence_note(row))
     if config.stop_on_divergence and diverged(row):
       log(f'[{config.algorithm}] stopped at step {step}: a run diverged '
