@@ -27,8 +27,15 @@ what the run is (backend, game kind, mode), through
   where a step takes microseconds either way.
 * **Sampled mode** on a CPU: ``1`` (one seed's sampled step is small; blocks
   of 1 were fastest in BENCHMARKS.md, "The sampled step").
-* **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every kind of run, so
-  that one block fills the device (not measured here: no accelerator).
+* **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every tabular run,
+  so that one block fills the device (BENCHMARKS.md, "On one NVIDIA H200":
+  the best block for 256 seeds; 1.5x to 4x slower than 1 or 16 for runs of
+  1 or 16 seeds).
+* **Language models** (a transformer policy), on every backend: ``1``. One
+  seed's step already fills the device with its batch, and a block
+  multiplies every activation and the vmapped parameters and optimizer
+  state by its width: on an H200 the accelerator block of 256 asked XLA for
+  125 GiB for the evaluation of one seed of a 0.6B-parameter model.
 
 The price of a block is paid by runs with fewer seeds than the block: a
 single run computes a whole block (its seed and padding copies of it), so
@@ -55,7 +62,8 @@ ACCELERATOR_BLOCK = 256
 
 def default_seed_block(platform: str, shared_game: bool,
                        num_actions: int | None = None,
-                       mode: str = 'exact') -> int:
+                       mode: str = 'exact',
+                       language_model: bool = False) -> int:
   """The default ``seed_block`` of a run (see the module docstring).
 
   Args:
@@ -67,6 +75,7 @@ def default_seed_block(platform: str, shared_game: bool,
       measured here does not depend on it; None where it is not known, as
       for a language model).
     mode: ``'exact'`` or ``'sampled'``.
+    language_model: the policy is a transformer (1 on every backend).
 
   Returns:
     The block, a positive int; never a function of the number of seeds.
@@ -83,6 +92,8 @@ def default_seed_block(platform: str, shared_game: bool,
                      f'{", ".join(MODES)}')
   if num_actions is not None and num_actions < 1:
     raise ValueError(f'num_actions must be >= 1, got {num_actions}')
+  if language_model:
+    return 1
   if platform != 'cpu':
     return ACCELERATOR_BLOCK
   if mode == 'exact' and shared_game:

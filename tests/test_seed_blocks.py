@@ -55,6 +55,11 @@ def test_rule_values():
       for shared in (True, False):
         for mode in ('exact', 'sampled'):
           assert rule(platform, shared, n, mode=mode) == 256
+  # A transformer policy: one seed per block on every backend (a block of
+  # 256 of a 0.6B model asked XLA for 125 GiB on an H200).
+  for platform in ('cpu', 'gpu', 'tpu', 'cuda'):
+    assert rule(platform, True, None, mode='sampled',
+                language_model=True) == 1
 
 
 @pytest.mark.parametrize('args,match', [

@@ -217,7 +217,8 @@ def _positive_int(config, flag, minimum):
     raise ConfigError(flag, f'must be >= {minimum}, got {value}')
 
 
-def resolve_seed_block(config, shared_game: bool, num_actions: int | None):
+def resolve_seed_block(config, shared_game: bool, num_actions: int | None,
+                       language_model: bool = False):
   """``config`` with ``seed_block`` set: as given, or (None) the block of
   :func:`nash_jax.seed_blocks.default_seed_block` for the backend the seeds
   run on, the game kind (``shared_game``: one game for every seed), the
@@ -228,7 +229,7 @@ def resolve_seed_block(config, shared_game: bool, num_actions: int | None):
     return config
   return config.replace(seed_block=seed_blocks_lib.default_seed_block(
       jax.devices()[0].platform, shared_game, num_actions,
-      getattr(config, 'mode', 'sampled')))
+      getattr(config, 'mode', 'sampled'), language_model))
 
 
 def _check_dtype(config, dtypes) -> None:
@@ -860,7 +861,7 @@ def validate_lm(config):
     config = config.replace(decay_steps=config.num_steps)
   alg_config = resolve_algorithm(config, config.num_prompts, 1,
                                  'transformer')
-  # Sampled mode on one token game (the rule does not read n there).
-  config = resolve_seed_block(config, True, None)
+  # A transformer policy: 1 on every backend (the rule does not read n).
+  config = resolve_seed_block(config, True, None, language_model=True)
   return _resolved(config, alg_config, ('eta', 'learning_rate',
                                          'inner_steps', 'optimizer'))

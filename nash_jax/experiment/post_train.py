@@ -324,7 +324,7 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
     corpus = _read_corpus(config.sft_data, tokenizer, ids, config.max_length)
   alg_config = resolve_algorithm(config, len(prompt_texts), 1,
                                  'transformer')
-  config = resolve_seed_block(config, True, None)
+  config = resolve_seed_block(config, True, None, language_model=True)
   config = _resolved(config, alg_config, ('eta', 'learning_rate',
                                           'inner_steps', 'optimizer'))
   return config, Loaded(tconfig, params, info, tokenizer, prompt_texts,
