@@ -186,7 +186,7 @@ class Loaded:
   corpus: tuple | None = None
 
 
-def _read_template(path, tokenizer, vocab_size: int):
+def _read_template(path, tokenizer):
   """The judge template from a JSON file (or the default), encoded."""
   fields = dict(DEFAULT_TEMPLATE)
   if path is not None:
@@ -228,14 +228,20 @@ def _read_template(path, tokenizer, vocab_size: int):
   if answers[0] == answers[1]:
     raise ConfigError('judge_template', f'{where}: answer_first and '
                       f'answer_second are the same token ({answers[0]})')
-  template = preference_models.JudgeTemplate(
+  return preference_models.JudgeTemplate(
       ids('prefix'), ids('marker_first'), ids('marker_second'),
       ids('suffix'), answers[0], answers[1])
-  if max(list(template.prefix + template.marker_first + template.marker_second
-              + template.suffix) + answers) >= vocab_size:
-    raise ConfigError('judge_template', f'{where}: encodes to token ids '
-                      f'beyond the judge\'s vocabulary ({vocab_size})')
-  return template
+
+
+def _check_template_ids(template, vocab_size: int, path) -> None:
+  """Refuses a template whose token ids the judge's vocabulary lacks."""
+  used = (list(template.prefix + template.marker_first +
+               template.marker_second + template.suffix) +
+          [template.answer_first, template.answer_second])
+  if max(used) >= vocab_size:
+    raise ConfigError('judge_template', f'{path or "the default template"}: '
+                      f'encodes to token ids beyond the judge\'s vocabulary '
+                      f'({vocab_size})')
 
 
 def _read_corpus(path, tokenizer, ids: sequence.TokenIds, max_length: int,
@@ -310,15 +316,43 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
     config = config.replace(data_parallel=None)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
-  # Files, cheapest first: prompts, tokenizer, then the weights.
+  # Files, the small ones first, so that a bad prompt file, template or
+  # corpus is refused before gigabytes of weights are read.
   prompt_texts = hf.read_prompts(config.prompts, 'prompts')
   tokenizer = hf.load_tokenizer(config.model_dir)
+  if config.max_prompt_length is not None:
+    for i, enc in enumerate(tokenizer.encode_batch(prompt_texts)):
+      if len(enc.ids) > config.max_prompt_length:
+        raise ConfigError('prompts', f'{config.prompts}: prompt {i} has '
+                          f'{len(enc.ids)} tokens, more than '
+                          f'--max_prompt_length={config.max_prompt_length}')
+  same_judge = config.judge_dir is None or (
+      Path(config.judge_dir).resolve() == Path(config.model_dir).resolve())
+  judge_tokenizer = tokenizer
+  if not same_judge:
+    judge_tokenizer = hf.load_tokenizer(config.judge_dir, 'judge_dir')
+    if judge_tokenizer.get_vocab(with_added_tokens=True) != \
+        tokenizer.get_vocab(with_added_tokens=True):
+      raise ConfigError('judge_dir', f'{config.judge_dir}: its tokenizer '
+                        f'differs from --model_dir\'s; the judge reads the '
+                        f'policy\'s token ids, so both must share one')
+  template = _read_template(config.judge_template, judge_tokenizer)
+  if config.sft_data:
+    hf.read_prompts(config.sft_data, 'sft_data', 'prompt')
+    hf.read_prompts(config.sft_data, 'sft_data', 'response')
   tconfig, params, info = hf.load_checkpoint(config.model_dir, config.dtype)
   ids = info.token_ids
   contexts = hf.encode_prompts(tokenizer, prompt_texts, ids.pad,
                                config.max_prompt_length,
                                source=config.prompts)
-  judge = _load_judge(config, tokenizer, tconfig, params)
+  if same_judge:
+    judge = Judge(tconfig, params, template, str(config.model_dir))
+  else:
+    jconfig, jparams, _ = hf.load_checkpoint(config.judge_dir, config.dtype,
+                                             'judge_dir')
+    judge = Judge(jconfig, jparams, template, str(config.judge_dir))
+  _check_template_ids(template, judge.config.vocab_size,
+                      config.judge_template)
   corpus = None
   if config.sft_data:
     corpus = _read_corpus(config.sft_data, tokenizer, ids, config.max_length)
@@ -329,26 +363,6 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
                                           'inner_steps', 'optimizer'))
   return config, Loaded(tconfig, params, info, tokenizer, prompt_texts,
                         contexts, judge, corpus)
-
-
-def _load_judge(config, tokenizer, tconfig, params) -> Judge:
-  """The judge: the policy's own checkpoint, or ``--judge_dir`` (which must
-  have the same tokenizer vocabulary), and its encoded template."""
-  if config.judge_dir is None or (
-      Path(config.judge_dir).resolve() == Path(config.model_dir).resolve()):
-    jconfig, jparams, jdir, jtok = tconfig, params, config.model_dir, tokenizer
-  else:
-    jtok = hf.load_tokenizer(config.judge_dir, 'judge_dir')
-    if jtok.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(
-        with_added_tokens=True):
-      raise ConfigError('judge_dir', f'{config.judge_dir}: its tokenizer '
-                        f'differs from --model_dir\'s; the judge reads the '
-                        f'policy\'s token ids, so both must share one')
-    jconfig, jparams, _ = hf.load_checkpoint(config.judge_dir, config.dtype,
-                                             'judge_dir')
-    jdir = config.judge_dir
-  template = _read_template(config.judge_template, jtok, jconfig.vocab_size)
-  return Judge(jconfig, jparams, template, str(jdir))
 
 
 # --------------------------------------------------------------------- run
