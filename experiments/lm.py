@@ -10,11 +10,13 @@ self_play_pg, nash_prox, approx_nash_mp, nash_md_pg) against the token
 game's annotator population. Because every response of at most
 --max_length tokens is listed, KL to pi*_beta, the duality gap and
 exploitability are exact. --data_parallel=N splits each step's batch over N
-devices (parameters replicated, gradients all-reduced); --dtype=bfloat16
-runs the transformer in bfloat16 (log-probabilities, the optimizer and the
-exact evaluation stay in float32). Writes config.json, metrics.csv,
-samples.jsonl, final_policy.npy, responses.npy, equilibrium.npy, game.npz,
-manifest.json and summary.json into --output_dir (see README.md).
+devices (parameters replicated, gradients all-reduced); --model_parallel=M
+splits each run's transformer parameters over M devices (Megatron style:
+heads, MLP width and vocabulary); --dtype=bfloat16 runs the transformer in
+bfloat16 (log-probabilities, the optimizer and the exact evaluation stay in
+float32). Writes config.json, metrics.csv, samples.jsonl, final_policy.npy,
+responses.npy, equilibrium.npy, game.npz, manifest.json and summary.json
+into --output_dir (see README.md).
 """
 
 import time

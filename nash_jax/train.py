@@ -29,6 +29,22 @@ whole batch would; only the order of the all-reduced sums changes, and
 with it the last bits of the results (``tests/test_lm_parallel.py``
 measures it).
 
+Model parallel. A model too large for one device splits its parameters
+over a third mesh axis, ``('seeds', 'data', 'model')`` (:func:`seed_mesh`
+with ``model_parallel > 1``). ``shard_map`` stays manual over ``'seeds'``
+only; each step's state is constrained, parameters-shaped subtree by
+subtree (parameters, adam's moments, anchors), to the partition specs
+that the policy's logical axis names give under
+:data:`nash_jax.sharding.RULES` (Megatron style: heads, MLP width and
+vocabulary over ``'model'``; :func:`nash_jax.sharding.constrain`), and the
+initial or resumed state is placed so (``jax.device_put`` with
+:func:`nash_jax.sharding.state_shardings`; the compiled chunks return it
+so placed); XLA partitions the matmuls and inserts the collectives.
+Policies without logical names (tabular, log-linear, MLP) stay replicated.
+The algorithm code is the same; without a ``'model'`` axis nothing is
+emitted. As with ``'data'``, only the order of sums changes
+(``tests/test_lm_model_parallel.py`` measures it).
+
 Seed blocks. XLA compiles a vmapped program differently for different batch
 sizes (fusion, vector tails, FMA contraction), and even a lane's position in
 the batch can change the last bit of a reduction; so seed ``i`` of an 8-seed
@@ -56,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nash_jax import sharding as sharding_lib
 from nash_jax.algorithms.base import DATA_AXIS, Algorithm
 
 
@@ -75,6 +92,20 @@ def evaluate_state(evaluate: Callable, hyper, state, env_params, eval_data,
   return row
 
 
+def constrain_state(algorithm: Algorithm, state):
+  """``state`` with its parameters-shaped parts constrained to the policy's
+  shardings on the mesh in context (:func:`nash_jax.sharding.constrain`; a
+  no-op without a ``'model'`` axis)."""
+  return sharding_lib.constrain(state, logical_axes_of(algorithm))
+
+
+def logical_axes_of(algorithm: Algorithm):
+  """The logical axis names of the algorithm's policy's parameters
+  (``Policy.logical_axes``), or ``None`` (replicated)."""
+  axes = algorithm.policy.logical_axes
+  return None if axes is None else axes()
+
+
 def run_chunk(algorithm: Algorithm, evaluate: Callable, hyper,
               chunk_steps: int, state, env_params, eval_data):
   """``chunk_steps`` steps of one run, then its metrics row."""
@@ -82,7 +113,9 @@ def run_chunk(algorithm: Algorithm, evaluate: Callable, hyper,
 
   def body(carry, _):
     state, _ = carry
-    return algorithm.step(state, env_params), None
+    state, info = algorithm.step(constrain_state(algorithm, state),
+                                 env_params)
+    return (constrain_state(algorithm, state), info), None
 
   (state, info), _ = jax.lax.scan(body, (state, info0), None,
                                   length=chunk_steps)
@@ -121,31 +154,43 @@ def _map_blocks(fn: Callable, args, num_blocks, seed_block: int):
   return jax.lax.fori_loop(0, num_blocks, body, out)
 
 
-def seed_mesh(num_devices: int | None = None,
-              data_parallel: int = 1) -> jax.sharding.Mesh:
+def seed_mesh(num_devices: int | None = None, data_parallel: int = 1,
+              model_parallel: int = 1) -> jax.sharding.Mesh:
   """The device mesh of a run, over the first ``num_devices`` devices (all
   by default; across every host after ``jax.distributed.initialize``, in
   ``jax.devices()`` order, so that a ``'data'`` group is ``data_parallel``
-  consecutive devices, on one host when it has that many).
+  consecutive devices, on one host when it has that many, and a ``'model'``
+  group ``model_parallel`` consecutive devices).
 
-  ``data_parallel = 1``: a 1-D mesh ``('seeds',)``. Otherwise a 2-D mesh
-  ``('seeds', 'data')`` of shape ``[num_devices / data_parallel,
-  data_parallel]``: the seed axis is split over ``'seeds'`` as before, and
-  each run's per-step batch over ``'data'`` (module docstring).
+  ``data_parallel = model_parallel = 1``: a 1-D mesh ``('seeds',)``.
+  ``model_parallel = 1``: a 2-D mesh ``('seeds', 'data')`` of shape
+  ``[num_devices / data_parallel, data_parallel]``: the seed axis is split
+  over ``'seeds'`` as before, and each run's per-step batch over ``'data'``
+  (module docstring). ``model_parallel > 1``: a 3-D mesh ``('seeds',
+  'data', 'model')`` of shape ``[num_devices / (data_parallel *
+  model_parallel), data_parallel, model_parallel]``, each run's parameters
+  split over ``'model'`` as well.
 
   Raises:
-    ValueError: ``data_parallel`` does not divide the number of devices.
+    ValueError: a factor below 1, or ``data_parallel * model_parallel``
+      does not divide the number of devices.
   """
   devices = jax.devices()
   if num_devices is not None:
     devices = devices[:num_devices]
-  if data_parallel == 1:
+  if data_parallel == 1 and model_parallel == 1:
     return jax.sharding.Mesh(np.array(devices), ('seeds',))
-  if data_parallel < 1 or len(devices) % data_parallel:
-    raise ValueError(f'data_parallel={data_parallel} does not divide the '
-                     f'{len(devices)} devices')
+  group = data_parallel * model_parallel
+  if data_parallel < 1 or model_parallel < 1 or len(devices) % group:
+    raise ValueError(f'data_parallel={data_parallel} x model_parallel='
+                     f'{model_parallel} does not divide the {len(devices)} '
+                     'devices')
+  if model_parallel == 1:
+    return jax.sharding.Mesh(
+        np.array(devices).reshape(-1, data_parallel), ('seeds', DATA_AXIS))
   return jax.sharding.Mesh(
-      np.array(devices).reshape(-1, data_parallel), ('seeds', DATA_AXIS))
+      np.array(devices).reshape(-1, data_parallel, model_parallel),
+      ('seeds', DATA_AXIS, sharding_lib.MODEL_AXIS))
 
 
 def seed_devices(mesh: jax.sharding.Mesh) -> int:
@@ -161,12 +206,13 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
     fn: a per-seed function of positional arguments.
     seed_block: seeds per ``vmap``.
     shared: per argument, True when it has no seed axis (replicated).
-    mesh: a ``('seeds',)`` or ``('seeds', 'data')`` mesh (:func:`seed_mesh`);
-      the seed axis is split evenly over ``'seeds'`` and each device maps
-      over its own blocks. ``fn`` is manual over ``'seeds'`` only: over
-      ``'data'`` its arguments are replicated and XLA partitions it
-      (automatic sharding, from the ``'data'`` constraints that
-      :func:`nash_jax.algorithms.base.shard_batch` puts on the batch).
+    mesh: a ``('seeds',)``, ``('seeds', 'data')`` or ``('seeds', 'data',
+      'model')`` mesh (:func:`seed_mesh`); the seed axis is split evenly
+      over ``'seeds'`` and each device maps over its own blocks. ``fn`` is
+      manual over ``'seeds'`` only: over ``'data'`` and ``'model'`` XLA
+      partitions it (automatic sharding, from the ``'data'`` constraints
+      that :func:`nash_jax.algorithms.base.shard_batch` puts on the batch
+      and the ``'model'`` ones of :func:`constrain_state` on the state).
 
   Returns:
     A function ``run(num_blocks, *args)`` (seed axis first on the unshared
@@ -189,7 +235,8 @@ def blocked_vmap(fn: Callable, seed_block: int, shared: tuple[bool, ...],
     return _map_blocks(one_block, mapped, num_blocks, seed_block)
 
   specs = (replicated,) + tuple(replicated if s else seeds for s in shared)
-  # Manual over 'seeds' only; any other mesh axis ('data') stays automatic.
+  # Manual over 'seeds' only; any other mesh axis ('data', 'model') stays
+  # automatic.
   # A 1-D mesh keeps the fully manual call it always had.
   manual = {} if mesh.axis_names == ('seeds',) else {
       'axis_names': frozenset({'seeds'})}
@@ -231,7 +278,7 @@ def make_initializer(make: Callable, evaluate: Callable, shared,
   """The jitted, seed-blocked ``init`` with the step-0 metrics row."""
   def init(hyper, key, env_params, eval_data):
     algorithm = make(hyper)
-    state = algorithm.init(key, env_params)
+    state = constrain_state(algorithm, algorithm.init(key, env_params))
     info0 = info_template(algorithm, state, env_params)
     return state, evaluate_state(evaluate, hyper, state, env_params,
                                  eval_data, info0)
@@ -357,6 +404,9 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
       ``'data'`` axis (:func:`seed_mesh`'s ``data_parallel``) each run's
       batch is split over it and its gradients are all-reduced, which
       changes the last bits (the order of the sums), not the algorithm.
+      With a ``'model'`` axis (``model_parallel``) the parameters, their
+      optimizer state and anchors are split over it as the policy's logical
+      axis names say (:mod:`nash_jax.sharding`; module docstring).
     on_eval: called with each host-side metrics row dict (arrays ``[S]``).
     until: optional stopping rule, called with each row; the run ends after
       the first evaluation where it returns True (e.g. a query budget).
@@ -381,6 +431,14 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   pad = lambda tree: jax.tree.map(
       lambda x: to_devices(np.asarray(x)[gather], sharded), tree)
+  # Model parallel: where each leaf of a (padded) state lives, its
+  # parameters-shaped parts split over 'model' (module docstring).
+  place = None
+  if sharding_lib.splits(mesh):
+    axes = logical_axes_of(make({k: np.asarray(v)[0]
+                                 for k, v in hyper.items()}))
+    place = lambda tree: sharding_lib.state_shardings(tree, axes, mesh,
+                                                      leading=('seeds',))
   unpad = lambda tree: jax.tree.map(lambda x: np.asarray(x)[positions],
                                     to_host(tree))
   hyper = pad(hyper)
@@ -395,13 +453,21 @@ def train(make: Callable, evaluate: Callable, keys, env_params, eval_data, *,
   if resume is None:
     init = make_initializer(make, evaluate, shared, seed_block, mesh)
     state, row = init(num_blocks, hyper, keys, env_params, eval_data)
+    if place is not None:
+      state = jax.device_put(state, place(state))
     rows = [unpad(row)]
     done = 0
     if on_eval:
       on_eval(rows[-1])
   else:
     host_state, rows, done = resume
-    state, rows = pad(host_state), list(rows)
+    rows = list(rows)
+    if place is None:
+      state = pad(host_state)
+    else:
+      state = jax.tree.map(
+          lambda x, where: to_devices(np.asarray(x)[gather], where),
+          host_state, place(host_state))
     if until is not None and until(rows[-1]):
       done = num_steps  # The resumed run had already stopped.
   while done < num_steps:

@@ -27,6 +27,7 @@ from nash_jax import policies as policies_lib
 from nash_jax import reference
 from nash_jax import seed_blocks as seed_blocks_lib
 from nash_jax import sft as sft_lib
+from nash_jax import sharding as sharding_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.environments.tabular import ORACLES
 from nash_jax.environments.tokens import (
@@ -45,6 +46,8 @@ from nash_jax.games import (
 from nash_jax.policies import PolicyConfig
 from nash_jax.policies.transformer import (
   TransformerConfig,
+  init_params,
+  logical_axes,
   validate_transformer_config,
 )
 from nash_jax.settings import compose, group_of, setting, settings_of
@@ -724,6 +727,16 @@ class ParallelConfig:
       'bit-identical to a run without it; N > 1 changes the last bits '
       '(another compiled program, the gradient summed in another order).',
       int)
+  model_parallel: int | None = setting(
+      None, 'Devices each run\'s transformer parameters are split over '
+      '(model parallel, Megatron style: attention heads, key-value heads, '
+      'the MLP width and the vocabulary split, everything else replicated; '
+      'the optimizer state and anchors split alike; XLA inserts the '
+      'collectives). The devices used form a [devices / (D M), D, M] mesh '
+      'with D = --data_parallel. Must divide the devices used / D, and '
+      '--num_heads, --num_kv_heads, --mlp_dim and the model\'s vocabulary '
+      '(--vocab_size + 3). Default (or 1): off, results bit-identical to a '
+      'run without it; M > 1 changes the last bits.', int)
 
 
 LM_DTYPES = ('float32', 'float64', 'bfloat16')
@@ -800,6 +813,55 @@ def check_data_parallel(config) -> None:
                       f'share of the batch), got {n}')
 
 
+def model_parallel_of(config) -> int:
+  """A run's model-parallel factor: ``model_parallel``, 1 when unset (a
+  default of None, so that checkpoints written before the setting existed
+  still resume)."""
+  value = getattr(config, 'model_parallel', None)
+  return 1 if value is None else value
+
+
+def check_model_parallel(config) -> None:
+  """Refuses a ``model_parallel`` that the devices (after
+  ``data_parallel``) or the transformer's split dimensions cannot divide
+  (:data:`nash_jax.sharding.RULES`: heads, key-value heads, MLP width,
+  vocabulary). Call after :func:`check_data_parallel`.
+
+  Raises:
+    ConfigError: naming ``--model_parallel``.
+  """
+  m = model_parallel_of(config)
+  if m < 1:
+    raise ConfigError('model_parallel', f'must be >= 1, got {m}')
+  if m == 1:
+    return
+  d = data_parallel_of(config)
+  devices = (jax.device_count() if config.num_devices is None
+             else config.num_devices)
+  source = ('--num_devices' if config.num_devices is not None else
+            'all the devices JAX sees')
+  if m > devices // d or (devices // d) % m:
+    raise ConfigError('model_parallel', f'must divide the {devices} devices '
+                      f'the run uses ({source}) / --data_parallel={d} = '
+                      f'{devices // d}, got {m}')
+  cfg = config.transformer_config()
+  shapes = jax.eval_shape(lambda key: init_params(key, cfg),
+                          jax.random.PRNGKey(0))
+  flags = {'heads': 'num_heads', 'kv_heads': 'num_kv_heads',
+           'mlp': 'mlp_dim', 'vocab': 'vocab_size'}
+  found = sharding_lib.indivisible(shapes, logical_axes(cfg),
+                                   {sharding_lib.MODEL_AXIS: m})
+  if found:
+    what = ', '.join(
+        f'the model\'s vocabulary (--vocab_size={config.vocab_size} content '
+        f'tokens + PAD, BOS, EOS = {size})' if name == 'vocab' else
+        f'--{flags.get(name, name)}={size}' for name, size, _, _ in found)
+    raise ConfigError('model_parallel', f'must divide every dimension it '
+                      f'splits over {sharding_lib.MODEL_AXIS!r} (heads, '
+                      f'key-value heads, MLP width, vocabulary): {what}; got '
+                      f'{m}')
+
+
 def lm_hyperparameters(config) -> dict:
   """The run's values of :data:`LM_SWEEPABLE` (those that are set)."""
   return {k: getattr(config, k) for k in LM_SWEEPABLE
@@ -855,8 +917,12 @@ def validate_lm(config):
   validate_transformer_config(config.transformer_config())
   _check_outputs(config)
   check_data_parallel(config)
-  if config.data_parallel == 1:  # Off, as when unset (and checkpoints match).
+  check_model_parallel(config)
+  # 1 is off, as when unset (and checkpoints match).
+  if config.data_parallel == 1:
     config = config.replace(data_parallel=None)
+  if config.model_parallel == 1:
+    config = config.replace(model_parallel=None)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
   alg_config = resolve_algorithm(config, config.num_prompts, 1,

@@ -28,6 +28,7 @@ from nash_jax.experiment.config import (
   hyperparameters,
   lm_compute_dtype,
   lm_hyperparameters,
+  model_parallel_of,
   setup_note,
 )
 from nash_jax.experiment.inputs import (
@@ -240,7 +241,8 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
         first_seed=config.seed,
         seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
         mesh=train_lib.seed_mesh(config.num_devices,
-                                 data_parallel_of(config)),
+                                 data_parallel_of(config),
+                                 model_parallel_of(config)),
         resume=resume,
         until=stopping_rule(query_budget, config.stop_on_divergence))
   if writer:

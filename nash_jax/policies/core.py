@@ -22,6 +22,12 @@ comes in ``x``, see :mod:`nash_jax.environments`):
   generate (sequence policies: every sampled token up to and including
   EOS), for cost accounting; ``None`` where responses are not generated
   token by token.
+* ``logical_axes() -> pytree``: the logical axis names of the parameters'
+  dimensions (the params' structure, a tuple of names per parameter), from
+  which :mod:`nash_jax.sharding` splits them over a device mesh (model
+  parallel); ``None`` (tabular, log-linear, MLP) keeps every parameter
+  replicated. A function rather than the tree, so that a policy stays
+  hashable.
 
 Algorithms call only ``init``, ``sample`` and ``log_prob``, so a tabular
 softmax, a log-linear model, an MLP and a transformer run through one
@@ -52,6 +58,7 @@ class Policy(NamedTuple):
   log_prob: Callable[[Any, Any, chex.Array], chex.Array]
   log_probs: Callable[[Any, Any], chex.Array] | None
   num_tokens: Callable[[chex.Array], chex.Array] | None = None
+  logical_axes: Callable[[], Any] | None = None
 
 
 def enumerable(name: str, init: Callable, log_probs: Callable) -> Policy:

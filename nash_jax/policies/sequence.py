@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import numbers
 
 import chex
@@ -73,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nash_jax import sharding
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
 from nash_jax.policies.core import Policy
@@ -81,6 +83,7 @@ from nash_jax.policies.transformer import (
   apply,
   init_cache,
   init_params,
+  logical_axes,
   validate_transformer_config,
 )
 
@@ -265,7 +268,7 @@ def response_log_probs(config: TransformerConfig, params, x: TokenContexts,
   lp = token_log_probs(teacher_forced_logits(config, params, x, y, ids),
                        temperature, ids)
   index = jnp.clip(y - ids.first_response, 0, lp.shape[-1] - 1)
-  picked = jnp.take_along_axis(lp, index[..., None], axis=-1)[..., 0]
+  picked = sharding.take_last(lp, index)
   return jnp.where(response_mask(y, ids), picked, 0.0)
 
 
@@ -348,7 +351,7 @@ def generate(key: chex.PRNGKey, params, x: TokenContexts,
       mixed = (1 - c) * mixed + c * token_log_probs(ref_logits, temperature,
                                                     ids)
     index = inverse_cdf(mixed, u)
-    picked = jnp.take_along_axis(mixed, index[:, None], axis=-1)[:, 0]
+    picked = sharding.take_last(mixed, index)
     if reference is not None:
       picked = picked - jax.nn.logsumexp(mixed, axis=-1)
     token = jnp.where(done, ids.pad, index + ids.first_response).astype(
@@ -396,7 +399,9 @@ def make_sequence_policy(config: TransformerConfig, max_response_length: int,
   ``init(key, x, reference)`` returns ``reference`` when given (the policy
   starts at ``pi_ref``), else :func:`init_params`; ``sample(key, params, x,
   mixture=0., reference=None) -> y [B, L]``; ``log_prob(params, x, y) ->
-  [B]``. Raises :class:`ConfigError` for impossible settings.
+  [B]``; ``logical_axes()``: the parameters' logical axis names
+  (:func:`~nash_jax.policies.transformer.logical_axes`, for model
+  parallelism). Raises :class:`ConfigError` for impossible settings.
   """
   validate_transformer_config(config)
   if ids is None:
@@ -427,4 +432,5 @@ def make_sequence_policy(config: TransformerConfig, max_response_length: int,
     chex.assert_axis_dimension(y, 1, max_response_length)
     return log_prob(config, params, x, y, temperature, ids)
 
-  return Policy('transformer', init, sample, policy_log_prob, None)
+  return Policy('transformer', init, sample, policy_log_prob, None,
+                logical_axes=functools.partial(logical_axes, config))

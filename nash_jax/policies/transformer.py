@@ -86,7 +86,11 @@ once per config) inside the traced function. Layout::
    'head': {'w': [D, V]}}                             (untied only)
 
 with ``'b': [N, H]`` (``q``) and ``[K, H]`` (``k``, ``v``) beside ``'w'``
-under ``qkv_bias``.
+under ``qkv_bias``. Each parameter also names its dimensions where its shape
+is declared (:func:`logical_axes`: ``vocab``, ``embed``, ``heads``,
+``kv_heads``, ``head_dim``, ``mlp``, ``norm``), which
+:mod:`nash_jax.sharding` maps to device-mesh axes to split the model over
+devices (Megatron style).
 
 The key-value cache is functional (:class:`KVCache`: arrays passed in and
 returned), so decoding runs inside ``lax.scan``. Activations are computed in
@@ -110,6 +114,18 @@ from nash_jax.errors import ConfigError
 
 PARAM_DTYPES = ('float32', 'float64', 'bfloat16')
 ROPE_TYPES = ('llama3',)
+
+# Logical names of the parameters' dimensions (:func:`logical_axes`; each
+# parameter declares its names where its shape is declared, as ``axes``
+# metadata of its ``nnx.Param``). :mod:`nash_jax.sharding` maps them to
+# device-mesh axes.
+VOCAB = 'vocab'          # V, token ids (embedding rows, head columns)
+EMBED = 'embed'          # D, the residual stream
+HEADS = 'heads'          # N, query heads
+KV_HEADS = 'kv_heads'    # K, key-value heads
+HEAD_DIM = 'head_dim'    # H, features per head
+MLP = 'mlp'              # F, the SwiGLU hidden width
+NORM = 'norm'            # the scale of an RMSNorm (D, or H for QK-norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,16 +321,20 @@ def num_random_weights(cfg: TransformerConfig) -> int:
 
 class Einsum(nnx.Module):
   """``jnp.einsum(spec, x, w)`` with a parameter ``w``, initialized normal
-  with standard deviation ``fan_in^-1/2``; plus a bias ``b`` of shape
-  ``bias_shape`` (initialized to 0) when given."""
+  with standard deviation ``fan_in^-1/2``; plus a bias ``b`` over the last
+  ``len(bias_axes)`` dimensions of ``w`` (initialized to 0) when
+  ``bias_axes`` is given. ``axes``: the logical names of ``w``'s
+  dimensions (:func:`logical_axes`)."""
 
-  def __init__(self, spec: str, shape, fan_in: int, dtype,
-               normals: Normals, bias_shape=None):
+  def __init__(self, spec: str, shape, axes, fan_in: int, dtype,
+               normals: Normals, bias_axes=None):
+    assert len(axes) == len(shape), (axes, shape)
     self.spec = spec
-    self.w = nnx.Param(normals(shape, fan_in**-0.5, dtype))
-    self.has_bias = bias_shape is not None
+    self.w = nnx.Param(normals(shape, fan_in**-0.5, dtype), axes=axes)
+    self.has_bias = bias_axes is not None
     if self.has_bias:
-      self.b = nnx.Param(jnp.zeros(bias_shape, dtype))
+      bias_shape = tuple(shape[len(shape) - len(bias_axes):])
+      self.b = nnx.Param(jnp.zeros(bias_shape, dtype), axes=bias_axes)
 
   def __call__(self, x):
     y = jnp.einsum(self.spec, x, self.w[...])
@@ -337,7 +357,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, dtype):
     self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), dtype))
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), axes=(NORM,))
 
   def __call__(self, x):
     return rms_norm(x, self.scale[...], self.eps)
@@ -441,13 +461,16 @@ class Attention(nnx.Module):
     d, n, k, h, dtype = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
                          cfg.head_size, cfg.dtype)
     bias = cfg.qkv_bias
-    self.q = Einsum('btd,dnh->btnh', (d, n, h), d, dtype, normals,
-                    (n, h) if bias else None)
-    self.k = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals,
-                    (k, h) if bias else None)
-    self.v = Einsum('bsd,dkh->bskh', (d, k, h), d, dtype, normals,
-                    (k, h) if bias else None)
-    self.o = Einsum('btnh,nhd->btd', (n, h, d), n * h, dtype, normals)
+    # Megatron layout (module docstring): q, k, v split by heads, o by its
+    # input heads.
+    self.q = Einsum('btd,dnh->btnh', (d, n, h), (EMBED, HEADS, HEAD_DIM), d,
+                    dtype, normals, (HEADS, HEAD_DIM) if bias else None)
+    self.k = Einsum('bsd,dkh->bskh', (d, k, h), (EMBED, KV_HEADS, HEAD_DIM),
+                    d, dtype, normals, (KV_HEADS, HEAD_DIM) if bias else None)
+    self.v = Einsum('bsd,dkh->bskh', (d, k, h), (EMBED, KV_HEADS, HEAD_DIM),
+                    d, dtype, normals, (KV_HEADS, HEAD_DIM) if bias else None)
+    self.o = Einsum('btnh,nhd->btd', (n, h, d), (HEADS, HEAD_DIM, EMBED),
+                    n * h, dtype, normals)
     self.qk_norm = cfg.qk_norm
     if cfg.qk_norm:
       self.q_norm = RMSNorm(h, cfg.norm_eps, dtype)
@@ -476,9 +499,9 @@ class SwiGLU(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, normals: Normals):
     d, f, dtype = cfg.d_model, cfg.mlp_dim, cfg.dtype
-    self.gate = Einsum('btd,df->btf', (d, f), d, dtype, normals)
-    self.up = Einsum('btd,df->btf', (d, f), d, dtype, normals)
-    self.down = Einsum('btf,fd->btd', (f, d), f, dtype, normals)
+    self.gate = Einsum('btd,df->btf', (d, f), (EMBED, MLP), d, dtype, normals)
+    self.up = Einsum('btd,df->btf', (d, f), (EMBED, MLP), d, dtype, normals)
+    self.down = Einsum('btf,fd->btd', (f, d), (MLP, EMBED), f, dtype, normals)
 
   def __call__(self, x):
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
@@ -504,7 +527,8 @@ class Embedder(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, normals: Normals):
     shape = (cfg.vocab_size, cfg.d_model)
-    self.embedding = nnx.Param(normals(shape, cfg.d_model**-0.5, cfg.dtype))
+    self.embedding = nnx.Param(normals(shape, cfg.d_model**-0.5, cfg.dtype),
+                               axes=(VOCAB, EMBED))
 
   def encode(self, tokens):
     return jnp.take(self.embedding[...], tokens, axis=0)
@@ -564,7 +588,7 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.dtype)
     if not cfg.tie_embeddings:
       self.head = Einsum('btd,dv->btv', (cfg.d_model, cfg.vocab_size),
-                         cfg.d_model, cfg.dtype, normals)
+                         (EMBED, VOCAB), cfg.d_model, cfg.dtype, normals)
     assert normals.used == normals.values.shape[0]
 
   def __call__(self, tokens, positions, key_mask, cache: KVCache | None = None):
@@ -623,6 +647,42 @@ def graph_def(cfg: TransformerConfig) -> nnx.GraphDef:
   """The module's static graph for ``cfg`` (built once, without arrays)."""
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   return nnx.split(abstract)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _logical_axes(cfg: TransformerConfig) -> tuple:
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  return tuple((path, variable.axes) for path, variable in nnx.iter_graph(
+      abstract) if isinstance(variable, nnx.Param))
+
+
+def logical_axes(cfg: TransformerConfig) -> dict:
+  """The logical axis names of every parameter, a nested dict with the
+  layout of :func:`init_params` whose leaves are tuples of names, one per
+  dimension (``VOCAB``, ``EMBED``, ``HEADS``, ``KV_HEADS``, ``HEAD_DIM``,
+  ``MLP``, ``NORM``)::
+
+    embedding [V, D]: (vocab, embed)     head.w [D, V]: (embed, vocab)
+    q.w [D, N, H]: (embed, heads, head_dim)       q.b: (heads, head_dim)
+    k.w, v.w [D, K, H]: (embed, kv_heads, head_dim)
+    o.w [N, H, D]: (heads, head_dim, embed)
+    gate.w, up.w [D, F]: (embed, mlp)    down.w [F, D]: (mlp, embed)
+    every norm scale: (norm,)
+
+  Each parameter declares its names beside its shape (the ``axes``
+  metadata of its ``nnx.Param``), so the two cannot drift apart; the
+  names say what a dimension is, :mod:`nash_jax.sharding`'s rules say
+  which device-mesh axis (if any) splits it. Mind that a pytree of tuples
+  has the tuples' strings as leaves: map over it with
+  ``is_leaf=nash_jax.sharding.is_axes``.
+  """
+  tree = {}
+  for path, axes in _logical_axes(cfg):
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(axes)
+  return tree
 
 
 def init_params(key: chex.PRNGKey, cfg: TransformerConfig) -> dict:
