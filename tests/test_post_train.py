@@ -299,6 +299,7 @@ REFUSALS = [
     (['--oracle=human'], 'oracle'),
     (['--dtype=float16'], 'dtype'),
     (['--data_parallel=3'], 'data_parallel'),
+    (['--model_parallel=2'], 'model_parallel'),
 ]
 
 

@@ -56,6 +56,7 @@ from nash_jax.algorithms.base import (
   AlgorithmConfig,
   SampledState,
   make_optimizer,
+  shard_batch,
 )
 from nash_jax.algorithms.sampled import Batch, draw_batch, pair_baseline
 from nash_jax.environments.core import Environment
@@ -116,10 +117,12 @@ def collect(key, policy: Policy, env: Environment, env_params, params,
 
 
 def minibatch(key, data: Comparisons, batch_size: int) -> Comparisons:
-  """``batch_size`` comparisons drawn uniformly with replacement."""
+  """``batch_size`` comparisons drawn uniformly with replacement, split over
+  the ``'data'`` devices of the mesh in context (:func:`~nash_jax.
+  algorithms.base.shard_batch`; a no-op without one)."""
   size = data.outcomes.shape[0]
   index = jax.random.randint(key, (batch_size,), 0, size)
-  return jax.tree.map(lambda a: a[index], data)
+  return shard_batch(jax.tree.map(lambda a: a[index], data))
 
 
 def bt_loss(reward: Callable, phi, data: Comparisons) -> chex.Array:
@@ -249,13 +252,13 @@ def make_bt_rlhf(config: AlgorithmConfig, policy: Policy, env: Environment,
   def batch_fn(key, state, env_params):
     x_key, y_key, opp_key = jax.random.split(key, 3)
     params = jax.lax.stop_gradient(state.params)
-    x = env.contexts(env_params, x_key, config.batch_size)
-    y = policy.sample(y_key, params, x, 0.0, None)
-    y_prime = policy.sample(opp_key, params, x, 0.0, None)
-    batch = Comparisons(
+    x = shard_batch(env.contexts(env_params, x_key, config.batch_size))
+    y = shard_batch(policy.sample(y_key, params, x, 0.0, None))
+    y_prime = shard_batch(policy.sample(opp_key, params, x, 0.0, None))
+    batch = shard_batch(Comparisons(
         x, y, y_prime, jnp.zeros(y.shape[:1]),
         env.ref_log_prob(env_params, x, y),
-        env.ref_log_prob(env_params, x, y_prime))
+        env.ref_log_prob(env_params, x, y_prime)))
     return batch, _count_tokens(policy, y, y_prime)
 
   def loss_fn(params, batch: Comparisons, phi):

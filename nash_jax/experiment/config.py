@@ -821,11 +821,14 @@ def model_parallel_of(config) -> int:
   return 1 if value is None else value
 
 
-def check_model_parallel(config) -> None:
+def check_model_parallel(config, tconfig=None) -> None:
   """Refuses a ``model_parallel`` that the devices (after
   ``data_parallel``) or the transformer's split dimensions cannot divide
   (:data:`nash_jax.sharding.RULES`: heads, key-value heads, MLP width,
   vocabulary). Call after :func:`check_data_parallel`.
+
+  ``tconfig``: the transformer's architecture where the config does not
+  describe it (a loaded checkpoint); default ``config.transformer_config()``.
 
   Raises:
     ConfigError: naming ``--model_parallel``.
@@ -844,7 +847,7 @@ def check_model_parallel(config) -> None:
     raise ConfigError('model_parallel', f'must divide the {devices} devices '
                       f'the run uses ({source}) / --data_parallel={d} = '
                       f'{devices // d}, got {m}')
-  cfg = config.transformer_config()
+  cfg = config.transformer_config() if tconfig is None else tconfig
   shapes = jax.eval_shape(lambda key: init_params(key, cfg),
                           jax.random.PRNGKey(0))
   flags = {'heads': 'num_heads', 'kv_heads': 'num_kv_heads',
@@ -852,10 +855,14 @@ def check_model_parallel(config) -> None:
   found = sharding_lib.indivisible(shapes, logical_axes(cfg),
                                    {sharding_lib.MODEL_AXIS: m})
   if found:
-    what = ', '.join(
-        f'the model\'s vocabulary (--vocab_size={config.vocab_size} content '
-        f'tokens + PAD, BOS, EOS = {size})' if name == 'vocab' else
-        f'--{flags.get(name, name)}={size}' for name, size, _, _ in found)
+    def named(name, size):
+      if tconfig is not None:  # A checkpoint's: config.json's fields.
+        return f'{name} {size} (the checkpoint\'s config.json)'
+      if name == 'vocab':
+        return (f'the model\'s vocabulary (--vocab_size={config.vocab_size} '
+                f'content tokens + PAD, BOS, EOS = {size})')
+      return f'--{flags.get(name, name)}={size}'
+    what = ', '.join(named(name, size) for name, size, _, _ in found)
     raise ConfigError('model_parallel', f'must divide every dimension it '
                       f'splits over {sharding_lib.MODEL_AXIS!r} (heads, '
                       f'key-value heads, MLP width, vocabulary): {what}; got '

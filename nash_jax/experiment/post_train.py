@@ -66,6 +66,7 @@ from nash_jax.experiment.config import (
   _positive_int,
   _resolved,
   check_data_parallel,
+  check_model_parallel,
   lm_compute_dtype,
   resolve_algorithm,
   resolve_seed_block,
@@ -316,6 +317,11 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
     config = config.replace(data_parallel=None)
   if config.schedule == 'cosine' and config.decay_steps is None:
     config = config.replace(decay_steps=config.num_steps)
+  # The model parallel factor against the checkpoint's architecture
+  # (config.json only).
+  check_model_parallel(config, hf.checkpoint_config(config.model_dir))
+  if config.model_parallel == 1:
+    config = config.replace(model_parallel=None)
   # Files, the small ones first, so that a bad prompt file, template or
   # corpus is refused before gigabytes of weights are read.
   prompt_texts = hf.read_prompts(config.prompts, 'prompts')

@@ -532,6 +532,20 @@ def _token_ids(hf: dict, generation: dict, vocab_size: int, path, flag):
   return bos, eos_ids, pad
 
 
+def checkpoint_config(model_dir, flag: str = 'model_dir'
+                      ) -> TransformerConfig:
+  """The architecture of a checkpoint directory from its config.json alone
+  (no weights read; the dtype field is a placeholder, float32), with the
+  refusals of :func:`load_checkpoint` for a missing or unsupported
+  config."""
+  model_dir = Path(model_dir)
+  if not model_dir.is_dir():
+    _refuse(flag, model_dir, 'no such directory')
+  config_path = model_dir / CONFIG_FILE
+  return transformer_config(_read_json(config_path, flag), 'float32',
+                            config_path, flag)
+
+
 def load_checkpoint(model_dir, dtype: str | None = None,
                     flag: str = 'model_dir'):
   """Reads a Hugging Face Qwen3 / Llama / Qwen2 causal LM directory.
