@@ -1086,7 +1086,7 @@ def test_real_process_matches_forked_run(runner, tmp_path):
   assert np.array_equal(real.final_policy, other.final_policy)
   assert np.array_equal(real.equilibrium, other.equilibrium)
   assert real.config == dict(other.config, output_dir=str(out))
-  strip = lambda text: [re.sub(r'\(\d+\.\d+s\)|\s*\d+ steps/s +~\S+ left', '',
+  strip = lambda text: [re.sub(r'\(\d+\.\d+s\)|\s*\d+(\.\d+)? steps/s +~\S+ left', '',
                                line)
                         for line in text.replace(str(out), 'OUT').replace(
                             str(forked), 'OUT').splitlines()]
