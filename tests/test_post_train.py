@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import hf_fixtures
 import jax
@@ -119,16 +120,18 @@ def test_sampled_evaluation_matches_independent_formulas(files):
       probability, 'probability')
   env_params = text_lib.text_env_params(loaded.contexts, reference, None)
 
-  class State:
-    key = jax.random.PRNGKey(4)
-    generated_tokens = jnp.int32(0)
+  class State(NamedTuple):
+    params: object
+    key: jax.Array
+    generated_tokens: jax.Array
 
-  state = State()
-  state.params = params
+  state = State(params, jax.random.PRNGKey(4), jnp.int32(0))
   make = lambda hyper: type('A', (), {'policy': policy})
   evaluate = evaluation.sampled_evaluator(make, lambda hyper: env,
                                           probability, 8, ids)
-  row = evaluate({}, state, env_params, None)
+  run = jax.jit(lambda params: evaluate(
+      {}, state._replace(params=params), env_params, None))
+  row = run(params)
   y = np.asarray(row['samples'])
   x = jax.tree.map(lambda a: jnp.repeat(a, 8, axis=0),
                    env.all_contexts(env_params))
@@ -148,8 +151,7 @@ def test_sampled_evaluation_matches_independent_formulas(files):
   ended = np.isin(y, ids.end_ids).any(-1)
   np.testing.assert_allclose(row['eos_rate'], ended.mean())
   # Negative control: at pi = pi_ref the same estimate is exactly 0.
-  state.params = reference
-  assert float(evaluate({}, state, env_params, None)['kl_to_ref']) == 0.0
+  assert float(run(reference)['kl_to_ref']) == 0.0
 
 
 def test_text_environment_outcomes(files):

@@ -499,8 +499,7 @@ def run_post_train(config, loaded: Loaded,
       'oracle': 'judge', 'judge_dir': judge.model_dir,
       'template_file': config.judge_template,
       'template_ids': judge.template._asdict(),
-      'outcome': config.oracle,
-      'queries_per_step': 'preference_queries in metrics.csv'}
+      'outcome': config.oracle}
   return PostTrainResults(config, rows, None, None, wall, cost,
                           final_params=state.params, loaded=loaded,
                           reference_report=reference_report,
