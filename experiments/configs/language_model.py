@@ -1,9 +1,9 @@
 """Config of figure ``language_model`` (nash_jax/figures/language_model.py).
 
 A small transformer (``experiments.lm``'s policy) on the listable token
-game with the annotators' Condorcet cycles, adam, Bernoulli outcomes,
-``batch_size`` comparisons a step, ``num_seeds`` seeds from the same random
-reference model (``model_seed``, no SFT); every online run spends
+game with the annotators' Condorcet cycles, adam, trained on the preference
+probabilities (``oracle='probability'``), ``batch_size`` comparisons a
+step, ``num_seeds`` seeds from the same random reference model (``model_seed``, no SFT); every online run spends
 ``query_budget`` queries, evaluated about ``evaluations`` times.
 ``stability``: online IPO and Nash Prox over ``betas`` x
 ``learning_rates``; a seed has converged when its final exact KL to
@@ -19,12 +19,12 @@ def get_config(scale: str) -> dict:
       'vocab_size': 3, 'max_length': 3, 'num_prompts': 2,
       'd_model': 32, 'num_layers': 2, 'num_heads': 2, 'num_kv_heads': 1,
       'mlp_dim': 64, 'model_seed': 0, 'sft_steps': 0,
-      'batch_size': 32, 'oracle': 'bernoulli', 'num_seeds': 4, 'seed': 0,
-      'optimizer': 'adam', 'query_budget': 6_400, 'evaluations': 8,
+      'batch_size': 32, 'oracle': 'probability', 'num_seeds': 4, 'seed': 0,
+      'optimizer': 'adam', 'query_budget': 12_800, 'evaluations': 8,
       'stability': {
           'algorithms': ['online_ipo', 'nash_prox'],
           'betas': [0.1, 0.03],
-          'learning_rates': [0.003, 0.01, 0.03],
+          'learning_rates': [0.0003, 0.001, 0.003, 0.01],
           'kl_threshold': 0.05,
       },
       'comparison': {
@@ -32,7 +32,7 @@ def get_config(scale: str) -> dict:
                          'approx_nash_mp', 'nash_md_pg', 'dpo',
                          'offline_ipo', 'bt_rlhf'],
           'beta': 0.1,
-          'learning_rate': 0.01,
+          'learning_rate': 0.001,
       },
   }
   if scale == 'full':
