@@ -3,8 +3,9 @@
 A small transformer (``experiments.lm``'s policy) on the listable token
 game with the annotators' Condorcet cycles, adam, trained on the preference
 probabilities (``oracle='probability'``), ``batch_size`` comparisons a
-step, ``num_seeds`` seeds from the same random reference model (``model_seed``, no SFT); every online run spends
-``query_budget`` queries, evaluated about ``evaluations`` times.
+step, ``num_seeds`` seeds from the same random reference model
+(``model_seed``, no SFT); every online run spends ``query_budget``
+queries, evaluated about ``evaluations`` times.
 ``stability``: online IPO and Nash Prox over ``betas`` x
 ``learning_rates``; a seed has converged when its final exact KL to
 pi*_beta is below ``kl_threshold``. ``comparison``: every online algorithm
