@@ -25,7 +25,7 @@ def get_config(scale: str) -> dict:
       'stability': {
           'algorithms': ['online_ipo', 'nash_prox'],
           'betas': [0.1, 0.03],
-          'learning_rates': [0.0003, 0.001, 0.003, 0.01],
+          'learning_rates': [0.001, 0.003, 0.01, 0.03, 0.1],
           'kl_threshold': 0.05,
       },
       'comparison': {
