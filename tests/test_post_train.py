@@ -282,6 +282,16 @@ def test_saved_model_reproduces_the_logged_log_probs(run, files):
     assert max(jax.tree.leaves(moved)) > 1e-4      # trained, not the source
 
 
+def test_every_flag_is_in_the_readme():
+  """README.md documents every flag of the binary (its settings)."""
+  from nash_jax.settings import settings_of
+  readme = (ROOT / 'README.md').read_text()
+  names = [f.name for f in settings_of(post_train.PostTrainConfig)]
+  missing = [n for n in names if f'`--{n}`' not in readme]
+  assert not missing, missing
+  assert 'reward_steps' not in names  # bt_rlhf's, refused here
+
+
 REFUSALS = [
     (['--model_dir='], 'model_dir'),
     (['--prompts='], 'prompts'),

@@ -76,8 +76,16 @@ def test_flag_parse_errors_are_one_line_naming_the_flag(args, line):
   assert _parse_error(*args) == line
 
 
-BINARIES = ('matrix_game', 'compare', 'stability', 'lm', 'benchmark',
-            'benchmark_sampled', 'benchmark_lm', 'crossplay', 'reproduce')
+# Every module of experiments/ that runs as a program.
+BINARIES = tuple(sorted(
+    p.stem for p in (ROOT / 'experiments').glob('*.py')
+    if "if __name__ == '__main__':" in p.read_text()))
+
+
+def test_the_binaries_are_found():
+  assert {'matrix_game', 'compare', 'stability', 'lm', 'benchmark',
+          'benchmark_sampled', 'benchmark_lm', 'crossplay', 'reproduce',
+          'post_train'} <= set(BINARIES)
 
 
 @pytest.mark.parametrize('name', BINARIES)

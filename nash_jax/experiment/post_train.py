@@ -100,6 +100,10 @@ ALGORITHMS = ('online_ipo', 'self_play_pg', 'nash_prox', 'approx_nash_mp',
               'nash_md_pg', 'dpo', 'offline_ipo')
 
 
+# bt_rlhf's reward fit, which no algorithm here runs.
+_REWARD_FIT = ('reward_steps', 'reward_learning_rate')
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   """The checkpoint post-trained, its prompts and its judge."""
@@ -141,7 +145,8 @@ class CorpusConfig:
 
 PostTrainConfig = compose(
     'PostTrainConfig', (CheckpointConfig, OracleConfig,
-                        (AlgorithmConfig, _EXACT_ONLY), SamplingConfig,
+                        (AlgorithmConfig, _EXACT_ONLY + _REWARD_FIT),
+                        SamplingConfig,
                         (SFTConfig, ('corpus_stop', 'corpus_topic')),
                         CorpusConfig, SampleLogConfig, RunConfig,
                         ParallelConfig),
