@@ -113,7 +113,6 @@ def listed_evaluator(make: Callable, env_of: Callable,
 
 
 # Evaluation by sampling, for environments whose responses cannot be listed.
-SAMPLED_METRICS = metrics_lib.SAMPLED_METRICS
 REFERENCE_STREAM = 0x5245
 
 

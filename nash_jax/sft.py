@@ -41,6 +41,7 @@ from typing import Any, Callable
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nash_jax.algorithms.base import in_float32
@@ -207,3 +208,13 @@ def fit(key: chex.PRNGKey, log_prob_fn: Callable, params: Any,
   return _fit(key, log_prob_fn, params, sample, num_steps, batch_size,
               learning_rate)
 
+
+def loss_curve(losses, points: int = 100) -> list[list[float]]:
+  """``losses [T]`` summarized for a report: at most ``points`` pairs
+  ``[last step, mean loss]`` over consecutive, nearly equal spans of
+  steps."""
+  losses = np.asarray(losses, np.float64)
+  points = min(points, len(losses))
+  edges = np.linspace(0, len(losses), points + 1).astype(int)
+  return [[int(edges[i + 1]), float(losses[edges[i]:edges[i + 1]].mean())]
+          for i in range(points)]

@@ -297,9 +297,6 @@ def reference_model(config, log: Callable[[str], None] = lambda line: None):
     log_pi = tokens_lib.listed_log_probs(log_prob, p, env)
     return float(sft.corpus_kl(log_q, log_pi, env.context_weights))
 
-  losses = np.asarray(losses, np.float64)
-  points = min(100, len(losses))
-  edges = np.linspace(0, len(losses), points + 1).astype(int)
   report = {
       'sft_steps': config.sft_steps, 'sft_batch_size': config.sft_batch_size,
       'sft_learning_rate': config.sft_learning_rate,
@@ -308,8 +305,7 @@ def reference_model(config, log: Callable[[str], None] = lambda line: None):
           jnp.where(log_q > -jnp.inf, jnp.exp(log_q) * log_q, 0.0), -1))),
       'kl_corpus_to_reference_before': kl(params),
       'kl_corpus_to_reference_after': kl(tuned),
-      'loss': [[int(edges[i + 1]), float(losses[edges[i]:edges[i + 1]].mean())]
-               for i in range(points)]}
+      'loss': sft.loss_curve(losses)}
   log(f'[{config.algorithm}] SFT: KL(corpus || pi_ref) '
       f'{report["kl_corpus_to_reference_before"]:.4f} -> '
       f'{report["kl_corpus_to_reference_after"]:.4f} (corpus entropy '

@@ -443,15 +443,10 @@ def _fine_tune(config, loaded: Loaded, log):
   tuned, losses = sft.fit(key, log_prob, loaded.params, sample,
                           config.sft_steps, config.sft_batch_size,
                           config.sft_learning_rate)
-  losses = np.asarray(losses, np.float64)
-  points = min(100, len(losses))
-  edges = np.linspace(0, len(losses), points + 1).astype(int)
   report = {**report, 'sft_steps': config.sft_steps,
             'sft_batch_size': config.sft_batch_size,
             'sft_learning_rate': config.sft_learning_rate,
-            'loss': [[int(edges[i + 1]),
-                      float(losses[edges[i]:edges[i + 1]].mean())]
-                     for i in range(points)]}
+            'loss': sft.loss_curve(losses)}
   log(f'[{config.algorithm}] SFT: mean negative log-likelihood '
       f'{report["loss"][0][1]:.4f} -> {report["loss"][-1][1]:.4f}')
   return tuned, report
