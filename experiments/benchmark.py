@@ -38,8 +38,9 @@ load hit them alike and its quiet moments favour none. Per row:
 * ``rate``: the trainer with ``block`` = ``--seed_block`` (default: the
   rule of :func:`nash_jax.seed_blocks.default_seed_block` for this machine's
   backend, the row's game kind and ``n``);
-* ``best_block``/``best``: the fastest of the blocks in ``--blocks`` (those
-  not above the number of seeds) and the default; ``slowdown`` =
+* ``best_block``/``best``: the fastest of the blocks in ``--blocks`` (also
+  those above the number of seeds: a run computes its whole block) and the
+  default; ``slowdown`` =
   ``best / rate`` (1 when the default is the best); the CSV's last column,
   ``block_rates``, lists the rate of every block measured;
 * ``numpy``: the same algorithm in plain NumPy, vectorized over seeds: for a
@@ -61,7 +62,10 @@ Per-seed rows whose games take more than ``--max_game_mib`` are skipped.
 The memory check runs 1e5 and 1e6 steps (evaluating every 1000) in fresh
 processes and prints their peak host RSS: metrics are reduced on the device
 to evaluation points, so it must not grow with the run length. Every flag is
-checked before any work. Writes the table as CSV (``--output``).
+checked before any work. Writes the table as CSV (``--output``) and, after
+it, the block trade-offs (:func:`block_tradeoffs`: for each setting and
+block, its worst slowdown over the numbers of seeds) to
+``--output`` with ``_blocks`` before the extension.
 """
 
 import math
@@ -92,8 +96,10 @@ flags.DEFINE_list('games', list(GAMES), 'Game kinds: shared (one game for '
                   'all seeds), per_seed (a game per seed).')
 flags.DEFINE_list('dtypes', list(DTYPES), 'float32, float64.')
 flags.DEFINE_list('blocks', ['1', '4', '16', '64', '256'], 'Seed blocks '
-                  'searched for the best block of each row (those not above '
-                  'its number of seeds); empty: only the default.')
+                  'measured in every row, also those above its number of '
+                  'seeds (a run pads its block; per-seed rows skip blocks '
+                  'whose padded games exceed --max_game_mib); empty: only '
+                  'the default.')
 flags.DEFINE_integer('seed_block', None, 'Block of the rate column '
                      '(default: nash_jax.seed_blocks.default_seed_block).')
 flags.DEFINE_string('algorithm', 'nash_mp', 'Exact algorithm: ' +
@@ -187,6 +193,7 @@ def check_flags(f):
   if not (math.isfinite(f.seconds) and 0 < f.seconds <= 3600):
     common.fail(f'--seconds: must be a number in (0, 3600], got {f.seconds}')
   common.check_output_file(f.output)
+  common.check_output_file(blocks_path(f.output))
   host, device = memory_limits()
   have = min(host, device) if device is not None else host
   # The largest arrays: a shared game and its NumPy copies; the limits'
@@ -378,6 +385,13 @@ class Row:
             self.limits['bandwidth'] / 1e9)
 
 
+def blocks_path(output: str) -> str:
+  """Where the block trade-offs go: ``--output`` with ``_blocks`` before
+  its extension (``results/benchmark_blocks.csv``)."""
+  root, ext = os.path.splitext(output)
+  return f'{root}_blocks{ext or ".csv"}'
+
+
 def median_rates(timers: dict, repeats: int) -> dict:
   """Seed-steps per second of each of ``timers`` (``name -> (call,
   seed-steps per call)``): the median of ``repeats`` rounds in which they
@@ -387,6 +401,39 @@ def median_rates(timers: dict, repeats: int) -> dict:
     for name, (call, seed_steps) in timers.items():
       seen[name].append(seed_steps / common.best_time(call, 1))
   return {name: float(np.median(r)) for name, r in seen.items()}
+
+
+BLOCKS_HEADER = ['n', 'game', 'dtype', 'default', 'default_worst',
+                 'minimax_block', 'minimax_worst', 'worst_by_block']
+
+
+def block_tradeoffs(rows: list[dict]) -> list[list]:
+  """What one block costs across the numbers of seeds of a setting.
+
+  ``rows``: one dict per table row, with ``n``, ``game``, ``dtype``,
+  ``block`` (the default) and ``rates`` (``{block: seed-steps/s}``). For each
+  ``(n, game, dtype)`` and each block measured in every one of its rows, the
+  block's *worst slowdown* is ``max over rows of best rate / its rate``: how
+  much slower than that row's best block it is, in the row where it does
+  worst. The default block may not depend on the number of seeds (seed ``i``
+  of a sweep must equal its single run bit for bit, and another block may
+  change the last bits), so the smallest worst slowdown is the best any
+  default can do here. Returns rows of :data:`BLOCKS_HEADER`.
+  """
+  groups = {}
+  for row in rows:
+    groups.setdefault((row['n'], row['game'], row['dtype']), []).append(row)
+  table = []
+  for (n, game, dtype), members in groups.items():
+    common_blocks = set.intersection(*(set(r['rates']) for r in members))
+    worst = {b: max(max(r['rates'].values()) / r['rates'][b]
+                    for r in members) for b in sorted(common_blocks)}
+    default = members[0]['block']
+    minimax = min(worst, key=worst.get)
+    table.append([n, game, dtype, default, worst.get(default, math.nan),
+                  minimax, worst[minimax],
+                  ' '.join(f'{b}:{w:.4g}' for b, w in worst.items())])
+  return table
 
 
 def numpy_timer(games, num_seeds, kind, dtype, f):
@@ -488,7 +535,7 @@ def main(argv):
         flush=True)
   limits = measure_limits(f)
   print(common.table_line(HEADER, 10))
-  rows = []
+  rows, by_block = [], []
   for kind in f.games:
     for dtype in f.dtypes:
       for n in sizes:
@@ -508,8 +555,10 @@ def main(argv):
             one = games if kind == 'shared' else jax.tree.map(
                 lambda x: x[:1], games)
             loop = row_set.timers(1, [1], one)[1]
-          candidates = [default] + [b for b in blocks
-                                    if b <= s and b != default]
+          candidates = [default] + [
+              b for b in blocks if b != default and (
+                  kind == 'shared' or b <= s
+                  or b * game_bytes / s <= f.max_game_mib * 2 ** 20)]
           timers = row_set.timers(s, candidates, games)
           timers['loop'] = loop
           plain = numpy_timer(games, s, kind, dtype, f)
@@ -527,6 +576,8 @@ def main(argv):
                  achieved, limit, achieved / limit]
           rows.append(row + [' '.join(f'{b}:{r:.4g}' for b, r in
                                       sorted(rates.items()))])
+          by_block.append({'n': n, 'game': kind, 'dtype': dtype,
+                           'block': default, 'rates': rates})
           print(common.table_line(row, 10), flush=True)
           del games
   print('limits again, at the end (on an idle machine the two agree):')
@@ -544,6 +595,15 @@ def main(argv):
   common.write_table(f.output, CSV_HEADER, rows)
   print(f'wrote {f.output} (rates in seed-steps per second; achieved and '
         'limit in GFLOP/s for shared games, GB/s for per-seed games)')
+  tradeoffs = block_tradeoffs(by_block)
+  print('one block for every number of seeds: worst slowdown against the '
+        'best block of each row')
+  print(common.table_line(BLOCKS_HEADER[:-1], 10))
+  for row in tradeoffs:
+    print(common.table_line(row[:-1], 10))
+  blocks_output = blocks_path(f.output)
+  common.write_table(blocks_output, BLOCKS_HEADER, tradeoffs)
+  print(f'wrote {blocks_output}')
   if f.memory:
     memory_check(f)
   print(f'loadavg at end {common.loadavg()}; {time.time() - start:.0f}s in all')

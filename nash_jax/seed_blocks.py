@@ -18,13 +18,18 @@ what the run is (backend, game kind, mode), through
   preferences are read once per 16 seeds (at n >= 1000 with 16 or more
   seeds, 32% to 65% of the machine's matrix-multiply rate was reached).
 * **Per-seed games** (each seed draws its own game, the default), exact
-  mode, on a CPU: ``1``. Every seed reads its own preferences: a step is a
-  matrix-vector product per seed, bound by memory bandwidth, which a wider
-  ``vmap`` does not make cheaper (on XLA:CPU a batched matrix-vector product
-  is slower per seed than one alone at ``n >= 1000``). At ``n`` of 100 or
-  less, blocks of 16 to 256 were 1.3x to 5.3x faster for sweeps of 16 and
-  256 seeds, and 1 is the fastest for a lone run; the default stays 1 here,
-  where a step takes microseconds either way.
+  mode, on a CPU: :data:`CPU_SMALL_PER_SEED_BLOCK` (16) for
+  ``n <= CPU_SMALL_PER_SEED_MAX_N`` (64), else ``1``. Above it, every seed
+  reads its own preferences: a step is a matrix-vector product per seed,
+  bound by memory bandwidth, which a wider ``vmap`` does not make cheaper
+  (on XLA:CPU a batched matrix-vector product is slower per seed than one
+  alone at ``n >= 1000``; at 100 <= n <= 300 blocks of 2 to 16 gained 1.1x
+  to 1.7x for sweeps and cost lone runs 1.7x to 14x). At small ``n`` a step
+  is a few microseconds of per-iteration overhead, which a block shares:
+  blocks of 16 ran sweeps of 16 and 256 seeds 1.4x to 5x faster than blocks
+  of 1 at n = 10 to 50 (a block of 1 fell to 0.35x of NumPy for 256 seeds at
+  n = 10 in float64), while a lone run costs 4x to 11x more per step, a few
+  microseconds (BENCHMARKS.md).
 * **Sampled mode** on a CPU: ``1`` (one seed's sampled step is small; blocks
   of 1 were fastest in BENCHMARKS.md, "The sampled step").
 * **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every tabular run,
@@ -56,6 +61,8 @@ MODES = ('exact', 'sampled')
 
 # Measured on 2 CPU cores (BENCHMARKS.md).
 CPU_SHARED_BLOCK = 16
+CPU_SMALL_PER_SEED_BLOCK = 16
+CPU_SMALL_PER_SEED_MAX_N = 64
 # Not measured here: a block wide enough to fill an accelerator.
 ACCELERATOR_BLOCK = 256
 
@@ -71,9 +78,9 @@ def default_seed_block(platform: str, shared_game: bool,
       ``'tpu'`` (``jax.devices()[0].platform``; ``'cuda'`` and ``'rocm'``
       count as ``'gpu'``).
     shared_game: whether every seed plays the same game.
-    num_actions: responses per context ``n``, >= 1 where given (the rule
-      measured here does not depend on it; None where it is not known, as
-      for a language model).
+    num_actions: responses per context ``n``, >= 1 where given (None where
+      it is not known, as for a language model; per-seed games then count
+      as large).
     mode: ``'exact'`` or ``'sampled'``.
     language_model: the policy is a transformer (1 on every backend).
 
@@ -96,6 +103,10 @@ def default_seed_block(platform: str, shared_game: bool,
     return 1
   if platform != 'cpu':
     return ACCELERATOR_BLOCK
-  if mode == 'exact' and shared_game:
+  if mode != 'exact':
+    return 1
+  if shared_game:
     return CPU_SHARED_BLOCK
+  if num_actions is not None and num_actions <= CPU_SMALL_PER_SEED_MAX_N:
+    return CPU_SMALL_PER_SEED_BLOCK
   return 1

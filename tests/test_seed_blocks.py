@@ -8,7 +8,8 @@ promise under it, and the per-step cost of the exact algorithms in a block.
   config.json records that integer.
 * With the default block on CPU, seed ``i`` of a multi-seed run equals its
   single run bit for bit, for a shared game (where the default block makes
-  the win rates one matrix product) and for per-seed games.
+  the win rates one matrix product) and for small per-seed games (a block
+  of 16 there too).
 * The trainer's grouped layout (the cells of a hyperparameter sweep, each
   from a block of its own, a shared game kept shared) gives every cell's
   seed the lane and program of its single run.
@@ -46,9 +47,12 @@ N_BITS = 12  # n of the bit-identity runs.
 
 def test_rule_values():
   rule = seed_blocks.default_seed_block
-  for n in (2, 10, 999, 1000, 100_000, None):
+  for n in (2, 10, 64, 65, 999, 1000, 100_000, None):
     assert rule('cpu', True, n) == seed_blocks.CPU_SHARED_BLOCK == 16
-    assert rule('cpu', False, n) == 1
+    # Per-seed games: 16 at small n (per-step overhead shared by a block),
+    # 1 above (a matrix-vector product per seed, bound by bandwidth).
+    small = n is not None and n <= 64
+    assert rule('cpu', False, n) == (16 if small else 1)
     assert rule('cpu', True, n, mode='sampled') == 1
     assert rule('cpu', False, n, mode='sampled') == 1
     for platform in ('gpu', 'tpu', 'cuda', 'rocm'):
@@ -106,6 +110,7 @@ def test_default_block_shared_game_seed_equals_single_run(name):
 
 @pytest.mark.parametrize('name', ['nash_mp', 'online_ipo'])
 def test_default_block_per_seed_games_seed_equals_single_run(name):
+  assert seed_blocks.default_seed_block('cpu', False, N_BITS) > 1
   alg, keys, games, log_eq = _setup(name, N_BITS, shared=False)
   sweep = _run(alg, keys, games, log_eq, FIRST_SEED, False)
   for i in (0, NUM_SEEDS - 1):
@@ -128,7 +133,7 @@ def test_validate_resolves_the_default_block(tmp_path):
        rule(platform, True, 6, 'sampled')),
       ({'game_seed': 7, 'seed_block': 3}, 3)]  # ... and a block given.
   if platform == 'cpu':
-    assert [block for _, block in cases] == [16, 16, 1, 1, 3]
+    assert [block for _, block in cases] == [16, 16, 16, 1, 3]
   for i, (settings, block) in enumerate(cases):
     base = experiment.ExperimentConfig(
         num_actions=6, num_seeds=3, checkpoint_every=0,

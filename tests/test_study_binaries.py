@@ -121,10 +121,9 @@ def test_benchmark_writes_its_table_with_the_limits(tmp_path):
     assert all(rate > 0 for rate in rates)
     measured = dict(item.split(':') for item in r['block_rates'].split())
     assert r['block'] in measured and r['best_block'] in measured
-    # The blocks searched: the default and those of --blocks not above the
-    # number of seeds.
-    assert set(measured) == {r['block']} | {b for b in ('1', '2')
-                                            if int(b) <= int(r['seeds'])}
+    # The blocks measured: the default and every block of --blocks (a run
+    # with fewer seeds than its block pays for the whole block).
+    assert set(measured) == {r['block'], '1', '2'}
     assert float(r['slowdown']) >= 1
     np.testing.assert_allclose(float(r['slowdown']),
                                rates[1] / rates[0], rtol=1e-9)
@@ -132,6 +131,28 @@ def test_benchmark_writes_its_table_with_the_limits(tmp_path):
     np.testing.assert_allclose(float(r['rate/loop']), rates[0] / rates[3])
     np.testing.assert_allclose(float(r['of_limit']),
                                float(r['achieved']) / float(r['limit']))
+  # The block trade-offs: per (n, game, dtype), each block's worst slowdown
+  # over the numbers of seeds, recomputed here from the rows' block rates.
+  tradeoffs = _rows(tmp_path / 'exact_blocks.csv')
+  assert [(t['n'], t['game']) for t in tradeoffs] == [('4', 'shared'),
+                                                      ('4', 'per_seed')]
+  for t in tradeoffs:
+    members = [dict((b, float(x)) for b, x in (item.split(':') for item in
+                    r['block_rates'].split()))
+               for r in rows if r['game'] == t['game']]
+    worst = {b: max(max(m.values()) / m[b] for m in members)
+             for b in members[0]}
+    found = dict(item.split(':') for item in t['worst_by_block'].split())
+    assert set(found) == set(worst)
+    for b, w in worst.items():
+      np.testing.assert_allclose(float(found[b]), w, rtol=2e-3)
+    # (The CSV's block rates have 4 significant digits.)
+    best = min(worst.values())
+    np.testing.assert_allclose(float(t['minimax_worst']), best, rtol=2e-3)
+    assert worst[t['minimax_block']] <= best * (1 + 2e-3)
+    np.testing.assert_allclose(float(t['default_worst']),
+                               worst[t['default']], rtol=2e-3)
+    assert min(worst.values()) >= 1
 
 
 BENCHMARK_REFUSALS = [
