@@ -44,14 +44,16 @@ what the run is (backend, game kind, mode), through
 
 The price of a block is paid by runs with fewer seeds than the block: a
 single run computes a whole block (its seed and padding copies of it), so
-on a CPU a single run on a shared game costs what 16 seeds cost in a
-sweep's block: 5.4x to 6.7x the cost of a block of 1 at ``n <= 100``
-(microseconds per step) and 2.1x to 5.4x at ``n >= 1000``. No block is best
-for both a single run and a large sweep; the default favours sweeps, which
-is what the trainer is for. BENCHMARKS.md ("Tabular sweeps against the
-machine's limits") has the measurements behind these numbers, and
-``python -m experiments.benchmark`` measures the default against the best
-of several blocks for every row on the machine it runs on.
+on a CPU a single run with a default block of 16 costs what 16 seeds cost
+in a sweep's block: 1.8x to 8.7x the time of a block of 1 (microseconds per
+step at small ``n``). No block is best for both a single run and a large
+sweep: in BENCHMARKS.md every block is measured for 1, 16 and 256 seeds, and
+the smallest worst slowdown any one block has over those rows is 1.5x to
+6.8x for shared games and for per-seed games at ``n <= 100``. The default
+favours sweeps, which is what the trainer is for, and among them 16-seed
+sweeps (a block of 64 would run them below NumPy at ``n = 1000``).
+``python -m experiments.benchmark`` measures every block for every row on
+the machine it runs on and writes each block's worst slowdown.
 """
 
 from __future__ import annotations
