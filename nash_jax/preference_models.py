@@ -102,6 +102,7 @@ from nash_jax.policies.transformer import (
   init_params,
   validate_transformer_config,
 )
+from nash_jax.precision import in_float32
 
 ORACLE_NAMES = ('annotators', 'learned', 'judge')
 MODEL_KINDS = ('bradley_terry', 'pairwise')
@@ -603,6 +604,17 @@ def pairwise_loss(d: chex.Array, o: chex.Array) -> chex.Array:
   return o * jax.nn.softplus(-d) + (1 - o) * jax.nn.softplus(d)
 
 
+def fit_optimizer(learning_rate, weight_decay,
+                  max_grad_norm) -> optax.GradientTransformation:
+  """The optimizer of :func:`fit`: global-norm clipping, then AdamW
+  (Loshchilov and Hutter, 2019), both in float32 for bfloat16 parameters
+  (:func:`nash_jax.precision.in_float32`: in bfloat16 a second moment
+  cannot decay by a factor 0.999)."""
+  return in_float32(optax.chain(
+      optax.clip_by_global_norm(max_grad_norm),
+      optax.adamw(learning_rate, weight_decay=weight_decay)))
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'num_steps',
                                               'batch_size', 'return_losses'))
 def fit(key: chex.PRNGKey, model: PreferenceModel, init_params: dict,
@@ -641,9 +653,7 @@ def fit(key: chex.PRNGKey, model: PreferenceModel, init_params: dict,
   chex.assert_rank(labels, 1)
   chex.assert_axis_dimension(pairs.y, 0, labels.shape[0])
   num = labels.shape[0]
-  optimizer = optax.chain(
-      optax.clip_by_global_norm(max_grad_norm),
-      optax.adamw(learning_rate, weight_decay=weight_decay))
+  optimizer = fit_optimizer(learning_rate, weight_decay, max_grad_norm)
 
   def loss_fn(params, batch, o):
     d = model.logit(params, batch.x, batch.y, batch.y_prime)

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nash_jax.algorithms.base import in_float32
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.errors import ConfigError
+from nash_jax.precision import in_float32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).parents[1] / 'nash_jax'
 STAGES = [
     ('nash_jax.errors', 'nash_jax.settings', 'nash_jax.distributions',
-     'nash_jax.sharding'),
+     'nash_jax.sharding', 'nash_jax.precision'),
     ('nash_jax.games', 'nash_jax.reference', 'nash_jax.bradley_terry',
      'nash_jax.metrics'),
     ('nash_jax.environments',),

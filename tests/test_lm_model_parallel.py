@@ -28,8 +28,8 @@ import pytest
 from refusals import run_cases
 
 from nash_jax import sharding
-from nash_jax.algorithms.base import in_float32
 from nash_jax.policies import transformer
+from nash_jax.precision import in_float32
 
 ROOT = Path(__file__).resolve().parents[1]
 P = jax.sharding.PartitionSpec

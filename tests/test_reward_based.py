@@ -12,7 +12,7 @@ import pytest
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import bradley_terry, policies, reference, rules
-from nash_jax.algorithms import AlgorithmConfig
+from nash_jax.algorithms import AlgorithmConfig, reward_based
 from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.evaluation import TABULAR
 from nash_jax.games import generate_game, make_game
@@ -136,3 +136,16 @@ def test_offline_ipo_reaches_its_least_squares_solution():
   h_fit = design @ log_pi - offset
   h_best = design @ theta - offset
   np.testing.assert_allclose(h_fit, h_best, atol=0.05)
+
+
+def test_reward_optimizer_state_is_float32_for_bfloat16_params():
+  # Without in_float32, adam's moments would take the params' dtype.
+  params = {'w': jnp.ones((3, 2), jnp.bfloat16)}
+  optimizer = reward_based.reward_optimizer(0.05)
+  state = optimizer.init(params)
+  floats = {x.dtype for x in jax.tree.leaves(state)
+            if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert floats == {jnp.dtype('float32')}
+  updates, _ = optimizer.update({'w': jnp.full((3, 2), 0.5, jnp.bfloat16)},
+                                state, params)
+  assert jax.tree.leaves(updates)[0].dtype == jnp.float32

@@ -61,6 +61,7 @@ from nash_jax.algorithms.base import (
 from nash_jax.algorithms.sampled import Batch, draw_batch, pair_baseline
 from nash_jax.environments.core import Environment
 from nash_jax.policies.core import Policy
+from nash_jax.precision import in_float32
 
 
 class RewardModel(NamedTuple):
@@ -134,11 +135,17 @@ def bt_loss(reward: Callable, phi, data: Comparisons) -> chex.Array:
   return jnp.mean(rules.dpo_sample_loss(d, data.outcomes, 1.0))
 
 
+def reward_optimizer(learning_rate) -> optax.GradientTransformation:
+  """The reward fit's adam, in float32 for bfloat16 parameters
+  (:func:`nash_jax.precision.in_float32`)."""
+  return in_float32(optax.adam(learning_rate))
+
+
 def fit_reward(key, model: RewardModel, phi, data: Comparisons,
                num_steps: int, batch_size: int, learning_rate):
   """``num_steps`` adam steps of :func:`bt_loss` on minibatches; returns
   the fitted ``phi`` (jittable; one ``lax.scan``)."""
-  optimizer = optax.adam(learning_rate)
+  optimizer = reward_optimizer(learning_rate)
 
   def step(carry, key):
     phi, opt_state = carry
