@@ -541,7 +541,7 @@ def main(argv):
       for n in sizes:
         row_set = Row(n, kind, dtype, limits, f)
         default = f.seed_block or seed_blocks.default_seed_block(
-            platform, kind == 'shared', n)
+            platform, kind == 'shared', n, num_contexts=f.num_contexts)
         loop = None
         for s in seeds:
           game_bytes = s * f.num_contexts * n * n * np.dtype(dtype).itemsize

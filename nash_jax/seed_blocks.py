@@ -18,8 +18,9 @@ what the run is (backend, game kind, mode), through
   preferences are read once per 16 seeds (at n >= 1000 with 16 or more
   seeds, 32% to 65% of the machine's matrix-multiply rate was reached).
 * **Per-seed games** (each seed draws its own game, the default), exact
-  mode, on a CPU: :data:`CPU_SMALL_PER_SEED_BLOCK` (16) for
-  ``n <= CPU_SMALL_PER_SEED_MAX_N`` (64), else ``1``. Above it, every seed
+  mode, on a CPU: :data:`CPU_SMALL_PER_SEED_BLOCK` (16) for games of at
+  most :data:`CPU_SMALL_PER_SEED_MAX_CELLS` = 64^2 preferences
+  (``X n^2 <= 4096``: ``n <= 64`` with one context), else ``1``. Above it, every seed
   reads its own preferences: a step is a matrix-vector product per seed,
   bound by memory bandwidth, which a wider ``vmap`` does not make cheaper
   (on XLA:CPU a batched matrix-vector product is slower per seed than one
@@ -29,7 +30,10 @@ what the run is (backend, game kind, mode), through
   blocks of 16 ran sweeps of 16 and 256 seeds 1.4x to 5x faster than blocks
   of 1 at n = 10 to 50 (a block of 1 fell to 0.35x of NumPy for 256 seeds at
   n = 10 in float64), while a lone run costs 4x to 11x more per step, a few
-  microseconds (BENCHMARKS.md).
+  microseconds (BENCHMARKS.md). The bound is on ``X n^2``, the work of a
+  step, rather than on ``n``: a run pads its block with copies of its
+  games (at least two blocks per device, :func:`nash_jax.train.seed_layout`),
+  and a lone run with thousands of contexts must not hold 32 copies.
 * **Sampled mode** on a CPU: ``1`` (one seed's sampled step is small; blocks
   of 1 were fastest in BENCHMARKS.md, "The sampled step").
 * **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every tabular run,
@@ -64,7 +68,7 @@ MODES = ('exact', 'sampled')
 # Measured on 2 CPU cores (BENCHMARKS.md).
 CPU_SHARED_BLOCK = 16
 CPU_SMALL_PER_SEED_BLOCK = 16
-CPU_SMALL_PER_SEED_MAX_N = 64
+CPU_SMALL_PER_SEED_MAX_CELLS = 64 ** 2
 # Not measured here: a block wide enough to fill an accelerator.
 ACCELERATOR_BLOCK = 256
 
@@ -72,7 +76,8 @@ ACCELERATOR_BLOCK = 256
 def default_seed_block(platform: str, shared_game: bool,
                        num_actions: int | None = None,
                        mode: str = 'exact',
-                       language_model: bool = False) -> int:
+                       language_model: bool = False,
+                       num_contexts: int = 1) -> int:
   """The default ``seed_block`` of a run (see the module docstring).
 
   Args:
@@ -85,6 +90,7 @@ def default_seed_block(platform: str, shared_game: bool,
       as large).
     mode: ``'exact'`` or ``'sampled'``.
     language_model: the policy is a transformer (1 on every backend).
+    num_contexts: contexts ``X`` of each game (>= 1).
 
   Returns:
     The block, a positive int; never a function of the number of seeds.
@@ -101,6 +107,8 @@ def default_seed_block(platform: str, shared_game: bool,
                      f'{", ".join(MODES)}')
   if num_actions is not None and num_actions < 1:
     raise ValueError(f'num_actions must be >= 1, got {num_actions}')
+  if num_contexts < 1:
+    raise ValueError(f'num_contexts must be >= 1, got {num_contexts}')
   if language_model:
     return 1
   if platform != 'cpu':
@@ -109,6 +117,7 @@ def default_seed_block(platform: str, shared_game: bool,
     return 1
   if shared_game:
     return CPU_SHARED_BLOCK
-  if num_actions is not None and num_actions <= CPU_SMALL_PER_SEED_MAX_N:
+  if (num_actions is not None and
+      num_contexts * num_actions ** 2 <= CPU_SMALL_PER_SEED_MAX_CELLS):
     return CPU_SMALL_PER_SEED_BLOCK
   return 1

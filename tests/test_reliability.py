@@ -684,6 +684,14 @@ def test_memory_is_estimated_and_what_cannot_fit_is_refused(tmp_path):
   assert (config_lib.memory_estimate(small, runs=4)[1] >
           3.9 * config_lib.memory_estimate(small)[1])
   config_lib.check_memory(experiment.ExperimentConfig())  # The default fits.
+  # Per-seed games are counted as the trainer lays them out: a lone run of
+  # a small game (block 16 on a CPU, two blocks) holds 32 copies; a game of
+  # more than 64^2 preferences gets a block of 1 (two copies).
+  if jax.devices()[0].platform == 'cpu':
+    lone = experiment.ExperimentConfig(num_actions=60, num_seeds=1)
+    assert config_lib.memory_estimate(lone)[2].startswith('32 games of 1 x')
+    many = lone.replace(num_contexts=100)
+    assert config_lib.memory_estimate(many)[2].startswith('2 games of 100 x')
   assert config_lib.format_bytes(2.04e11) == '204 GB'
   with pytest.raises(ConfigError, match='^--batch_size:'):
     experiment.validate(sampled)

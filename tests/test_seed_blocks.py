@@ -59,6 +59,10 @@ def test_rule_values():
       for shared in (True, False):
         for mode in ('exact', 'sampled'):
           assert rule(platform, shared, n, mode=mode) == 256
+  # ... bounded by the cells X n^2 of a game (a lone run pads 32 copies).
+  assert rule('cpu', False, 32, num_contexts=4) == 16   # 4096 cells
+  assert rule('cpu', False, 32, num_contexts=5) == 1
+  assert rule('cpu', True, 32, num_contexts=5) == 16    # Shared: one game.
   # A transformer policy: one seed per block on every backend (a block of
   # 256 of a 0.6B model asked XLA for 125 GiB on an H200).
   for platform in ('cpu', 'gpu', 'tpu', 'cuda'):
@@ -68,7 +72,8 @@ def test_rule_values():
 
 @pytest.mark.parametrize('args,match', [
     (('metal', True, 10), 'platform'), (('cpu', True, 10, 'mixed'), 'mode'),
-    (('cpu', True, 0), 'num_actions')])
+    (('cpu', True, 0), 'num_actions'),
+    (('cpu', False, 10, 'exact', False, 0), 'num_contexts')])
 def test_rule_refuses_unknown_values(args, match):
   with pytest.raises(ValueError, match=match):
     seed_blocks.default_seed_block(*args)

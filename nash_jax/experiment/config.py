@@ -28,6 +28,7 @@ from nash_jax import reference
 from nash_jax import seed_blocks as seed_blocks_lib
 from nash_jax import sft as sft_lib
 from nash_jax import sharding as sharding_lib
+from nash_jax import train as train_lib
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.environments.tabular import ORACLES
 from nash_jax.environments.tokens import (
@@ -225,14 +226,16 @@ def resolve_seed_block(config, shared_game: bool, num_actions: int | None,
   """``config`` with ``seed_block`` set: as given, or (None) the block of
   :func:`nash_jax.seed_blocks.default_seed_block` for the backend the seeds
   run on, the game kind (``shared_game``: one game for every seed), the
-  mode and ``num_actions`` (n; None where the rule does not read it). A
+  mode, ``num_actions`` (n; None where the rule does not read it) and the
+  contexts ``config.num_contexts``. A
   single run and a sweep of the same settings resolve the same block, so
   seed ``i`` of the sweep stays bit-identical to its single run."""
   if config.seed_block is not None:
     return config
   return config.replace(seed_block=seed_blocks_lib.default_seed_block(
       jax.devices()[0].platform, shared_game, num_actions,
-      getattr(config, 'mode', 'sampled'), language_model))
+      getattr(config, 'mode', 'sampled'), language_model,
+      num_contexts=getattr(config, 'num_contexts', None) or 1))
 
 
 def _check_dtype(config, dtypes) -> None:
@@ -318,7 +321,8 @@ def memory_estimate(config, runs: int = 1) -> tuple[str, int, str]:
   is. ``runs``: cells of a sweep (each with all seeds).
 
   The exact games are ``[S, X, n, n]`` preferences (once when the seeds
-  share a game), built in float64 on the host and copied to the devices in
+  share a game; per-seed games padded to whole blocks of the trainer's
+  layout, :func:`nash_jax.train.seed_layout`), built in float64 on the host and copied to the devices in
   the run's dtype, plus the reference solver's ``[n, n]`` temporaries; a
   sampled step holds :data:`FLOATS_PER_COMPARISON` floats per comparison
   of every seed vmapped together (``seed_block`` per device).
@@ -326,6 +330,13 @@ def memory_estimate(config, runs: int = 1) -> tuple[str, int, str]:
   itemsize = np.dtype(config.dtype).itemsize
   shared = config.game == 'file' or config.game_seed is not None
   games = 1 if shared else config.num_seeds * runs  # Sweeps keep it shared.
+  if not shared:  # The trainer's layout pads blocks with copies of games.
+    block = config.seed_block or resolve_seed_block(
+        config, False, config.num_actions).seed_block
+    devices = config.num_devices or jax.device_count()
+    games = max(games, len(train_lib.seed_layout(
+        config.seed, config.num_seeds * runs, block, devices,
+        config.num_seeds if runs > 1 else None)[0]))
   square = config.num_contexts * config.num_actions ** 2
   exact = games * square * (8 + itemsize) + 4 * square * 8
   game_what = (f'{games} game{"s" if games > 1 else ""} of '
