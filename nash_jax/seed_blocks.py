@@ -8,7 +8,7 @@ block*, whatever the number of seeds; another block compiles another program
 (a matrix product of another width, other fusions) and may change the last
 bits. So the default block must not depend on the number of seeds: a single
 run has to pick the block of the sweep it belongs to. It depends only on
-what the run is (backend, game kind, mode), through
+what the run is (backend, game kind and size, mode), through
 :func:`default_seed_block`:
 
 * **A shared game** (every seed plays one game: ``--game_seed`` or
@@ -16,24 +16,26 @@ what the run is (backend, game kind, mode), through
   Within a block the win rates of all its seeds are one ``[n, n] x [n, 16]``
   matrix product per context instead of 16 matrix-vector products, so the
   preferences are read once per 16 seeds (at n >= 1000 with 16 or more
-  seeds, 32% to 65% of the machine's matrix-multiply rate was reached).
+  seeds, 32% to 83% of the machine's matrix-multiply rate was reached in
+  two runs; BENCHMARKS.md).
 * **Per-seed games** (each seed draws its own game, the default), exact
   mode, on a CPU: :data:`CPU_SMALL_PER_SEED_BLOCK` (16) for games of at
   most :data:`CPU_SMALL_PER_SEED_MAX_CELLS` = 64^2 preferences
-  (``X n^2 <= 4096``: ``n <= 64`` with one context), else ``1``. Above it, every seed
-  reads its own preferences: a step is a matrix-vector product per seed,
-  bound by memory bandwidth, which a wider ``vmap`` does not make cheaper
-  (on XLA:CPU a batched matrix-vector product is slower per seed than one
-  alone at ``n >= 1000``; at 100 <= n <= 300 blocks of 2 to 16 gained 1.1x
-  to 1.7x for sweeps and cost lone runs 1.7x to 14x). At small ``n`` a step
-  is a few microseconds of per-iteration overhead, which a block shares:
-  blocks of 16 ran sweeps of 16 and 256 seeds 1.4x to 5x faster than blocks
-  of 1 at n = 10 to 50 (a block of 1 fell to 0.35x of NumPy for 256 seeds at
-  n = 10 in float64), while a lone run costs 4x to 11x more per step, a few
-  microseconds (BENCHMARKS.md). The bound is on ``X n^2``, the work of a
-  step, rather than on ``n``: a run pads its block with copies of its
-  games (at least two blocks per device, :func:`nash_jax.train.seed_layout`),
-  and a lone run with thousands of contexts must not hold 32 copies.
+  (``X n^2 <= 4096``: ``n <= 64`` with one context), else ``1``. Above
+  it, every seed reads its own preferences: a step is a matrix-vector
+  product per seed, bound by memory bandwidth, which a wider ``vmap`` does
+  not make cheaper (on XLA:CPU a batched matrix-vector product is slower per
+  seed than one alone at ``n >= 1000``; at n = 100 and 300 the best blocks,
+  2 to 16, gained 1.2x to 1.75x for sweeps and cost lone runs 1.7x to 26x).
+  At small ``n`` a step is a few microseconds of per-iteration overhead,
+  which a block shares: blocks of 16 ran sweeps of 16 and 256 seeds 1.5x to
+  5.3x faster than blocks of 1 at n = 10 to 50 (a block of 1 fell to 0.35x
+  of NumPy for 256 seeds at n = 10 in float64), while a lone run costs 3.3x
+  to 11x more per step, a few microseconds (BENCHMARKS.md). The bound is on
+  ``X n^2``, the work of a step, rather than on ``n``: a run pads its block
+  with copies of its games (at least two blocks per device,
+  :func:`nash_jax.train.seed_layout`), and a lone run with thousands of
+  contexts must not hold 32 copies.
 * **Sampled mode** on a CPU: ``1`` (one seed's sampled step is small; blocks
   of 1 were fastest in BENCHMARKS.md, "The sampled step").
 * **GPU and TPU**: :data:`ACCELERATOR_BLOCK` (256) for every tabular run,

@@ -227,9 +227,9 @@ def resolve_seed_block(config, shared_game: bool, num_actions: int | None,
   :func:`nash_jax.seed_blocks.default_seed_block` for the backend the seeds
   run on, the game kind (``shared_game``: one game for every seed), the
   mode, ``num_actions`` (n; None where the rule does not read it) and the
-  contexts ``config.num_contexts``. A
-  single run and a sweep of the same settings resolve the same block, so
-  seed ``i`` of the sweep stays bit-identical to its single run."""
+  contexts ``config.num_contexts``. A single run and a sweep of the same
+  settings resolve the same block, so seed ``i`` of the sweep stays
+  bit-identical to its single run."""
   if config.seed_block is not None:
     return config
   return config.replace(seed_block=seed_blocks_lib.default_seed_block(
@@ -322,8 +322,8 @@ def memory_estimate(config, runs: int = 1) -> tuple[str, int, str]:
 
   The exact games are ``[S, X, n, n]`` preferences (once when the seeds
   share a game; per-seed games padded to whole blocks of the trainer's
-  layout, :func:`nash_jax.train.seed_layout`), built in float64 on the host and copied to the devices in
-  the run's dtype, plus the reference solver's ``[n, n]`` temporaries; a
+  layout, :func:`nash_jax.train.seed_layout`), built in float64 on the host
+  and copied to the devices in the run's dtype, plus the reference solver's ``[n, n]`` temporaries; a
   sampled step holds :data:`FLOATS_PER_COMPARISON` floats per comparison
   of every seed vmapped together (``seed_block`` per device).
   """
