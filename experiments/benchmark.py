@@ -555,10 +555,14 @@ def main(argv):
             one = games if kind == 'shared' else jax.tree.map(
                 lambda x: x[:1], games)
             loop = row_set.timers(1, [1], one)[1]
+          # A block above the seeds pads the layout with copies of the
+          # games (train.seed_layout: at least two blocks per device).
+          padded = lambda b: len(train.seed_layout(
+              0, s, b, row_set.mesh.devices.size)[0])
           candidates = [default] + [
               b for b in blocks if b != default and (
-                  kind == 'shared' or b <= s
-                  or b * game_bytes / s <= f.max_game_mib * 2 ** 20)]
+                  kind == 'shared' or b <= s or
+                  padded(b) * game_bytes / s <= f.max_game_mib * 2 ** 20)]
           timers = row_set.timers(s, candidates, games)
           timers['loop'] = loop
           plain = numpy_timer(games, s, kind, dtype, f)
