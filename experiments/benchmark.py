@@ -83,7 +83,7 @@ from absl import app, flags
 from experiments import common
 from nash_jax import algorithms, evaluation, policies, seed_blocks, train
 from nash_jax.algorithms import AlgorithmConfig
-from nash_jax.experiment.config import format_bytes, memory_limits
+from nash_jax.experiment import format_bytes, memory_limits
 from nash_jax.games import generate_game
 
 GAMES = ('shared', 'per_seed')

@@ -112,8 +112,9 @@ from nash_jax.algorithms import AlgorithmConfig, make_algorithm
 from nash_jax.algorithms.base import make_optimizer
 from nash_jax.algorithms.sampled import Batch
 from nash_jax.environments import tokens as tokens_lib
-from nash_jax.experiment.inputs import lm_environment, lm_policy
 from nash_jax.policies import sequence, transformer
+from nash_jax.tasks.language_model import sequence_policy
+from nash_jax.tasks.token_game import environment as token_environment
 
 DTYPES = ('float32', 'bfloat16')
 TRL_MODES = ('auto', 'on', 'off')
@@ -367,8 +368,8 @@ def bench_ours(layers: int, d_model: int, dtype: str, matmul: dict) -> dict:
   spec = token_spec(f.vocab_size, length, f.num_prompts, f.prompt_length)
   reference = transformer.init_params(jax.random.PRNGKey(0), tconfig)
   env_data = env_params(spec, reference)
-  policy = lm_policy(tconfig, length, 1.0)
-  env = lm_environment(spec, 'bernoulli', tconfig, 1.0)
+  policy = sequence_policy(tconfig, length, 1.0)
+  env = token_environment(spec, 'bernoulli', tconfig, 1.0)
   config = AlgorithmConfig(beta=f.beta, mode='sampled', batch_size=batch,
                            learning_rate=f.learning_rate, optimizer='adam')
   algorithm = make_algorithm('online_ipo', config, policy, env)

@@ -1,8 +1,9 @@
-"""Flags shared by the tabular experiment binaries, and their error handling."""
+"""What the experiment binaries share: flags generated from a task's
+settings, one ``main`` per kind of run (:func:`task_main`), error handling
+and the measuring helpers of the benchmarks."""
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import signal
@@ -16,8 +17,8 @@ import numpy as np
 from absl import flags
 
 from nash_jax import algorithms, experiment
+from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
-from nash_jax.experiment import ExperimentConfig
 from nash_jax.games import GameFileError
 from nash_jax.settings import settings_of
 
@@ -76,15 +77,6 @@ def renamed(error: Exception, names: dict[str, str]) -> Exception:
   return ConfigError(names[error.flag], str(error).partition(': ')[2])
 
 
-def define_flags(**defaults) -> None:
-  """Defines the flags of :class:`ExperimentConfig` (except ``algorithm``,
-  which each binary defines its way), generated from its settings, with
-  this binary's ``defaults`` (e.g. ``num_steps=1000``), plus the multi-host
-  flags."""
-  define_settings(ExperimentConfig, **defaults)
-  define_multihost_flags()
-
-
 def define_multihost_flags() -> None:
   """``--distributed`` and its coordinator settings (see start_jax)."""
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize '
@@ -101,11 +93,6 @@ def define_multihost_flags() -> None:
   flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for the '
                        'coordinator and the other processes (with '
                        '--distributed); then stop with one error line.')
-
-
-def config_from_flags(**overrides) -> ExperimentConfig:
-  """An :class:`ExperimentConfig` from the parsed flags."""
-  return config_from_settings(ExperimentConfig, **overrides)
 
 
 def start_jax(dtype: str) -> None:
@@ -172,18 +159,18 @@ def quiet_logs() -> None:
 
 def _not_disk_full(record) -> bool:
   """Logging filter: False for a record carrying a full-disk exception."""
-  return not (record.exc_info and experiment.disk_full(record.exc_info[1]))
+  return not (record.exc_info and io_lib.disk_full(record.exc_info[1]))
 
 
 def report_disk_full(kind, error, tb) -> None:
   """``sys.excepthook`` of the binaries: a full disk (anywhere in the
-  exception chain, see :func:`nash_jax.experiment.disk_full`) is one line
+  exception chain, see :func:`nash_jax.io.disk_full`) is one line
   naming ``--output_dir``; any other exception goes to Python's hook."""
-  if not experiment.disk_full(error):
+  if not io_lib.disk_full(error):
     return sys.__excepthook__(kind, error, tb)
   output_dir = (flags.FLAGS['output_dir'].value
                 if 'output_dir' in flags.FLAGS else None)
-  print(experiment.disk_full_line(output_dir), file=sys.stderr, flush=True)
+  print(io_lib.disk_full_line(output_dir), file=sys.stderr, flush=True)
 
 
 def table_line(cells, width: int) -> str:
@@ -193,12 +180,10 @@ def table_line(cells, width: int) -> str:
 
 
 def write_table(path: str, header: list[str], rows: list[list]) -> None:
-  """Writes a benchmark table as CSV (creating the directory)."""
+  """Writes a benchmark table as CSV (creating the directory; written
+  atomically, :func:`nash_jax.io.write_csv`)."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w', newline='') as out:
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
+  io_lib.write_csv(path, header, rows)
 
 
 def flag_error_line(error: Exception, flag_values=None) -> str:
@@ -363,3 +348,114 @@ def jax_matmul_rate(dtype, size: int, target: float, repeats: int) -> float:
   seconds = calls_time(lambda: product(a, b).block_until_ready(), target,
                        repeats)
   return 2 * size ** 3 / seconds
+
+
+# ----------------------------------------------------------------------------
+# One binary per kind of run.
+# ----------------------------------------------------------------------------
+
+# Flags kept for a release under their old names: {old: new}.
+DEPRECATED = {'oracle': 'outcome'}
+
+
+def define_task_flags(task, **defaults) -> None:
+  """Defines the flags of a binary that runs ``task``: ``--algorithm``
+  (the algorithms of its kind of run), ``--sweep`` (where it has runtime
+  settings to sweep), one flag per setting of ``task.settings`` (with this
+  binary's ``defaults``), the deprecated aliases and the multi-host flags."""
+  names = task.algorithms
+  flags.DEFINE_string(
+      'algorithm', defaults.pop('algorithm', task.settings().algorithm),
+      'One of ' + ', '.join(names) + ' (see README.md).')
+  sweepable = task.sweep_names()
+  if sweepable:
+    flags.DEFINE_multi_string(
+        'sweep', [], 'NAME=V1,V2,...: run every combination of these values '
+        '(repeat the flag for a grid) with all seeds in one compiled call; '
+        'NAME is one of ' + ', '.join(sweepable) + '. Each cell is written '
+        'to OUTPUT_DIR/<name>=<value>_.../ in the usual layout, and '
+        'OUTPUT_DIR/sweep.csv summarizes the cells.')
+  define_settings(task.settings, **defaults)
+  define_deprecated_flags()
+  define_multihost_flags()
+
+
+def define_deprecated_flags() -> None:
+  """The deprecated aliases (:data:`DEPRECATED`) of the settings defined."""
+  for old, new in DEPRECATED.items():
+    if new in flags.FLAGS:
+      flags.DEFINE_string(old, None, f'Deprecated alias of --{new}.')
+
+
+def task_config(task, **overrides):
+  """The ``task.settings`` config of the parsed flags (a deprecated alias
+  standing for its new name) and the names of the settings given on the
+  command line.
+
+  Raises:
+    ConfigError: an alias given together with its new name.
+  """
+  given = explicit_settings(task.settings)
+  for old, new in DEPRECATED.items():
+    if old in flags.FLAGS and flags.FLAGS[old].present:
+      if flags.FLAGS[new].present:
+        raise ConfigError(old, f'is a deprecated alias of --{new}; give '
+                          f'only --{new}')
+      overrides[new] = flags.FLAGS[old].value
+      given.append(new)
+  return config_from_settings(task.settings, **overrides), given
+
+
+def aliases_used() -> dict:
+  """``{new: old}`` of the deprecated aliases given on the command line, so
+  that a refusal names the flag the user typed."""
+  return {new: old for old, new in DEPRECATED.items()
+          if old in flags.FLAGS and flags.FLAGS[old].present}
+
+
+def warn_deprecated() -> None:
+  """One line on stderr per deprecated alias given (after validation, so
+  that a refusal stays one line)."""
+  for new, old in aliases_used().items():
+    print(f'warning: --{old} is deprecated; use --{new}', file=sys.stderr)
+
+
+def task_main(task) -> Callable:
+  """The ``main`` of a binary that runs ``task``: flags to a config, every
+  check before any work (one line and exit status 2 on bad input), the
+  output directory locked, the run (or sweep) through the run kit, the
+  result files, a final table."""
+
+  def main(argv):
+    if len(argv) > 1:
+      fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    quiet_logs()
+    start_jax(flags.FLAGS.dtype)
+    cells = None
+    try:
+      io_lib.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
+      config, given = task_config(task, algorithm=flags.FLAGS.algorithm)
+      experiment.check_used([config], given)
+      if 'sweep' in flags.FLAGS and flags.FLAGS.sweep:
+        grid = experiment.parse_sweep(flags.FLAGS.sweep, task.sweep_names())
+        cells, inputs = experiment.validate_sweep(task, config, grid)
+      else:
+        config, inputs = experiment.validate(task, config)
+      io_lib.lock_output_dir(config.output_dir)
+    except USER_ERRORS as e:
+      fail(str(renamed(e, aliases_used())))
+    warn_deprecated()
+    start = time.time()
+    if cells is None:
+      results = experiment.run_task(task, [config], inputs)
+      task.write(results[0])
+      if jax.process_index() == 0:
+        print(experiment.format_table(results[0]))
+        print(f'wrote {config.output_dir} ({time.time() - start:.1f}s)')
+      return
+    results = experiment.run_task(task, [c for _, c in cells], inputs,
+                                  config.output_dir,
+                                  checkpoint_every=config.checkpoint_every)
+    report_sweep(cells, results, config.output_dir, start, task.write)
+
+  return main

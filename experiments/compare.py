@@ -20,15 +20,20 @@ from absl import app, flags
 
 from experiments import common
 from nash_jax import analysis, experiment
+from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
+from nash_jax.tasks import tabular
 
 flags.DEFINE_list('algorithms', list(common.ALGORITHM_NAMES),
                   'Algorithms to compare (comma-separated); default: every '
                   'algorithm of --mode.')
 flags.DEFINE_integer('query_budget', 2000, 'Preference queries per seed; '
                      'each algorithm stops at the first evaluation past it.')
-common.define_flags(output_dir='results/compare', num_steps=100_000,
-                    eval_every=10, num_actions=50, num_seeds=8)
+common.define_settings(tabular.TabularConfig, output_dir='results/compare',
+                       num_steps=100_000, eval_every=10, num_actions=50,
+                       num_seeds=8)
+common.define_deprecated_flags()
+common.define_multihost_flags()
 
 
 def main(argv):
@@ -38,8 +43,8 @@ def main(argv):
   common.start_jax(flags.FLAGS.dtype)
   budget = flags.FLAGS.query_budget
   try:
-    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
-    base = common.config_from_flags()
+    io_lib.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
+    base, given = common.task_config(tabular.TASK)
     names = flags.FLAGS.algorithms
     if base.mode == 'sampled' and flags.FLAGS['algorithms'].using_default_value:
       names = list(common.SAMPLED_ALGORITHM_NAMES)
@@ -48,30 +53,30 @@ def main(argv):
     if budget < 1:
       raise ConfigError('query_budget', f'must be >= 1, got {budget}')
     experiment.check_output_dir(base.output_dir)
-    experiment.check_used([base.replace(algorithm=n) for n in names],
-                          common.explicit_settings(
-                              experiment.ExperimentConfig))
+    experiment.check_used([base.replace(algorithm=n) for n in names], given)
     configs = {}
     for name in names:
       config = base.replace(algorithm=name,
                             output_dir=os.path.join(base.output_dir, name))
       if name == 'proximal_point':
         config = config.replace(eval_every=1)
-      configs[name], file_game = experiment.validate(config)
-    experiment.lock_output_dir(base.output_dir)
+      configs[name], inputs = experiment.validate(tabular.TASK, config)
+    io_lib.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
-    common.fail(str(common.renamed(e, {'algorithm': 'algorithms'})))
+    common.fail(str(common.renamed(e, {'algorithm': 'algorithms',
+                                       **common.aliases_used()})))
+  common.warn_deprecated()
 
   start = time.time()
   first = next(iter(configs.values()))
-  prepared = experiment.prepare(
-      first, file_game, log=print if jax.process_index() == 0 else
-      (lambda line: None))
+  prepared = tabular.TabularInputs(inputs.file_game, tabular.prepare(
+      first, inputs.file_game, log=print if jax.process_index() == 0 else
+      (lambda line: None)))
   results = {}
   for name, config in configs.items():
-    results[name] = experiment.run(config, file_game, query_budget=budget,
-                                   prepared=prepared,
-                                   log=lambda line: None)
+    results[name] = experiment.run_task(
+        tabular.TASK, [config], prepared, query_budget=budget,
+        log=lambda line: None)[0]
     experiment.write_results(results[name])
     last = results[name].rows[-1]
     if jax.process_index() == 0:
@@ -80,7 +85,7 @@ def main(argv):
   if jax.process_index() != 0:
     return
   table = analysis.comparison_rows(results)
-  analysis.write_table(table, os.path.join(base.output_dir, 'comparison.csv'))
+  io_lib.write_records(os.path.join(base.output_dir, 'comparison.csv'), table)
   title = (f'{base.game} game, n={first.num_actions}, X={first.num_contexts},'
            f' beta={base.beta:g}, {base.num_seeds} seeds')
   analysis.plot_comparison(results,

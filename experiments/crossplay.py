@@ -31,6 +31,7 @@ from absl import app, flags
 
 from experiments import common
 from nash_jax import crossplay, experiment
+from nash_jax import io as io_lib
 from nash_jax.games import GameFileError, load_game
 
 flags.DEFINE_list('runs', [], 'Result directories of finished runs on one '
@@ -149,11 +150,10 @@ def main(argv):
       rows.append([a, b, exact[i, j], sampled['mean'][i, j],
                    sampled['low'][i, j], sampled['high'][i, j],
                    f.comparisons])
-  experiment.write_csv(os.path.join(f.output_dir, 'crossplay.csv'),
-                       ['row', 'column', 'exact', 'mean', 'low', 'high',
-                        'comparisons'], rows)
-  experiment.write_json(os.path.join(f.output_dir, 'crossplay.json'),
-                        record)
+  io_lib.write_csv(os.path.join(f.output_dir, 'crossplay.csv'),
+                   ['row', 'column', 'exact', 'mean', 'low', 'high',
+                    'comparisons'], rows)
+  io_lib.write_json(os.path.join(f.output_dir, 'crossplay.json'), record)
   width = max(len(n) for n in names) + 2
   print('exact win rate of row against column (sampled mean [95% CI], '
         f'{f.comparisons} comparisons per cell)')

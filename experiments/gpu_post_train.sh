@@ -12,7 +12,8 @@ mkdir -p "$OUT" "$WORK"
 python3 - "$WORK" <<PY
 import json, sys, time
 import jax, numpy as np, tokenizers
-from nash_jax.policies import hf, sequence, transformer
+from nash_jax import hf
+from nash_jax.policies import sequence, transformer
 work = sys.argv[1]
 start = time.time()
 config = transformer.TransformerConfig(

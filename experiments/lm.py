@@ -19,62 +19,12 @@ responses.npy, equilibrium.npy, game.npz, manifest.json and summary.json
 into --output_dir (see README.md).
 """
 
-import time
-
-import jax
-from absl import app, flags
+from absl import app
 
 from experiments import common
-from nash_jax import experiment
+from nash_jax.tasks import token_game
 
-flags.DEFINE_string('algorithm', experiment.LMConfig().algorithm,
-                    'Sampled algorithm: ' +
-                    ', '.join(common.SAMPLED_ALGORITHM_NAMES) + '; baselines: ' +
-                    ', '.join(common.BASELINE_NAMES) + '.')
-flags.DEFINE_multi_string(
-    'sweep', [], 'NAME=V1,V2,...: run every combination of these values '
-    '(repeat the flag for a grid) with all seeds in one compiled call; NAME '
-    'is one of ' + ', '.join(experiment.LM_SWEEPABLE[:-1]) + '. Each cell '
-    'is written to OUTPUT_DIR/<name>=<value>_.../ and OUTPUT_DIR/sweep.csv '
-    'summarizes the cells.')
-common.define_settings(experiment.LMConfig)
-common.define_multihost_flags()
-
-
-def main(argv):
-  if len(argv) > 1:
-    common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  common.quiet_logs()
-  common.start_jax(flags.FLAGS.dtype)
-  try:
-    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
-    config = common.config_from_settings(experiment.LMConfig,
-                                         algorithm=flags.FLAGS.algorithm)
-    experiment.check_used([config], common.explicit_settings(
-        experiment.LMConfig))
-    cells = None
-    if flags.FLAGS.sweep:
-      grid = experiment.parse_sweep(flags.FLAGS.sweep,
-                                    experiment.LM_SWEEPABLE[:-1])
-      cells = experiment.validate_lm_sweep(config, grid)
-    else:
-      config = experiment.validate_lm(config)
-    experiment.lock_output_dir(config.output_dir)
-  except common.USER_ERRORS as e:
-    common.fail(str(e))
-  start = time.time()
-  if cells is None:
-    results = experiment.run_lm([config])
-    experiment.write_lm_results(results[0])
-    if jax.process_index() == 0:
-      print(experiment.format_table(results[0]))
-      print(f'wrote {config.output_dir} ({time.time() - start:.1f}s)')
-    return
-  results = experiment.run_lm([c for _, c in cells], config.output_dir,
-                              checkpoint_every=config.checkpoint_every)
-  common.report_sweep(cells, results, config.output_dir, start,
-                       experiment.write_lm_results)
-
+common.define_task_flags(token_game.TASK)
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=common.parse_flags)
+  app.run(common.task_main(token_game.TASK), flags_parser=common.parse_flags)

@@ -20,43 +20,12 @@ checkpoints), manifest.json and summary.json into --output_dir (see
 README.md). Rerunning the same command resumes from the last checkpoint.
 """
 
-import time
-
-import jax
-from absl import app, flags
+from absl import app
 
 from experiments import common
-from nash_jax import experiment
-from nash_jax.experiment import post_train
+from nash_jax.tasks import post_train
 
-flags.DEFINE_string('algorithm', post_train.PostTrainConfig().algorithm,
-                    'Algorithm: ' + ', '.join(post_train.ALGORITHMS) + '.')
-common.define_settings(post_train.PostTrainConfig)
-common.define_multihost_flags()
-
-
-def main(argv):
-  if len(argv) > 1:
-    common.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  common.quiet_logs()
-  common.start_jax(flags.FLAGS.dtype)
-  try:
-    experiment.lock_output_dir(flags.FLAGS.output_dir, only_existing=True)
-    config = common.config_from_settings(post_train.PostTrainConfig,
-                                         algorithm=flags.FLAGS.algorithm)
-    experiment.check_used([config], common.explicit_settings(
-        post_train.PostTrainConfig))
-    config, loaded = post_train.validate_post_train(config)
-    experiment.lock_output_dir(config.output_dir)
-  except common.USER_ERRORS as e:
-    common.fail(str(e))
-  start = time.time()
-  results = post_train.run_post_train(config, loaded)
-  post_train.write_post_train_results(results)
-  if jax.process_index() == 0:
-    print(experiment.format_table(results))
-    print(f'wrote {config.output_dir} ({time.time() - start:.1f}s)')
-
+common.define_task_flags(post_train.TASK)
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=common.parse_flags)
+  app.run(common.task_main(post_train.TASK), flags_parser=common.parse_flags)

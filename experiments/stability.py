@@ -26,8 +26,10 @@ from absl import app, flags
 
 from experiments import common
 from nash_jax import experiment, stability
+from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
 from nash_jax.figures.common import sampled_schedule
+from nash_jax.tasks import tabular
 
 _S = stability.Study()
 flags.DEFINE_list('algorithms', list(_S.algorithms), 'Algorithms to study.')
@@ -40,9 +42,11 @@ flags.DEFINE_integer('query_budget', _S.query_budget, 'Preference queries '
                      'sampled mode).')
 flags.DEFINE_float('kl_threshold', _S.kl_threshold, 'A seed has converged '
                    'when its final kl_to_equilibrium is below this.')
-common.define_flags(output_dir='results/stability', num_steps=0,
-                    eval_every=0, num_actions=20, num_seeds=32,
-                    mode='sampled', seed_block=32)
+common.define_settings(tabular.TabularConfig, output_dir='results/stability',
+                       num_steps=0, eval_every=0, num_actions=20,
+                       num_seeds=32, mode='sampled', seed_block=32)
+common.define_deprecated_flags()
+common.define_multihost_flags()
 
 
 def _floats(flag):
@@ -64,7 +68,7 @@ def main(argv):
   f = flags.FLAGS
   common.start_jax(f.dtype)
   try:
-    experiment.lock_output_dir(f.output_dir, only_existing=True)
+    io_lib.lock_output_dir(f.output_dir, only_existing=True)
     if not f.algorithms:
       raise ConfigError('algorithms', 'must name at least one algorithm')
     if f.query_budget < 1:
@@ -74,7 +78,7 @@ def main(argv):
     study = stability.Study(tuple(f.algorithms), _floats('betas'),
                             _floats('learning_rates'), f.query_budget,
                             f.kl_threshold)
-    base = common.config_from_flags()
+    base, _ = common.task_config(tabular.TASK)
     per_step = max(base.batch_size, 1) if base.mode == 'sampled' else 1
     queries = f.num_steps * per_step if f.num_steps else f.query_budget
     steps, every = sampled_schedule(queries, per_step, 10)
@@ -83,11 +87,13 @@ def main(argv):
       steps = every * math.ceil(steps / every)
     base = base.replace(num_steps=steps, eval_every=every)
     plan = stability.validate(base, study)
-    experiment.lock_output_dir(base.output_dir)
+    io_lib.lock_output_dir(base.output_dir)
   except common.USER_ERRORS as e:
     common.fail(str(common.renamed(e, {'algorithm': 'algorithms',
                                        'beta': 'betas',
-                                       'learning_rate': 'learning_rates'})))
+                                       'learning_rate': 'learning_rates',
+                                       **common.aliases_used()})))
+  common.warn_deprecated()
   start = time.time()
   log = print if jax.process_index() == 0 else (lambda line: None)
   rows = stability.run(plan, study, base.output_dir,

@@ -79,13 +79,6 @@ def comparison_rows(results_by_algorithm: dict, thresholds=(1e-3, 1e-6)):
   return table
 
 
-def write_table(rows: list[dict], path: str) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def format_table(rows: list[dict]) -> str:
   """A fixed-width text version of :func:`comparison_rows`."""
   columns = [c for c in rows[0] if c != 'algorithm']

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nash_jax import io as io_lib
+
 # Settings a resumed run may change: they do not change any result.
 RESUMABLE_CHANGES = ('num_steps', 'output_dir', 'checkpoint_every',
                      'keep_checkpoints', 'overwrite', 'num_devices',
@@ -211,10 +213,10 @@ class Checkpointer:
     manager = self._open()
     config_path = os.path.join(self.path, 'config.json')
     if not os.path.exists(config_path):
-      tmp = config_path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump(self.config, f, indent=2, sort_keys=True)
-      os.replace(tmp, config_path)
+      def write(tmp):
+        with open(tmp, 'w') as f:
+          json.dump(self.config, f, indent=2, sort_keys=True)
+      io_lib.atomic_write(config_path, write)
     leaves = jax.tree.leaves(state)
     tree = {
         'state': {str(i): np.asarray(x) for i, x in enumerate(leaves)},

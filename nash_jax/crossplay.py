@@ -1,5 +1,5 @@
 """Cross-play: head-to-head win rates among trained policies and pi_ref
-under the ground-truth preferences (issue 10, item 4; ALGORITHMS.md
+under the ground-truth preferences (ALGORITHMS.md
 section 5, claim 6).
 
 For policies ``pi_i`` over listed responses, the win rate of ``pi_i``
@@ -25,6 +25,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from nash_jax.distributions import sample_outcome
 
 Z_95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 
@@ -81,10 +83,8 @@ def sampled_win_rates(key: chex.PRNGKey, policies, preferences,
     x = _draw(x_key, rho, num_comparisons)                       # [m]
     y = _draw(y_key, policies[i][x], 1)[:, 0]
     y_prime = _draw(z_key, policies[j][x], 1)[:, 0]
-    prob = prefs[x, y, y_prime]
-    if outcome == 'probability':
-      return prob
-    return jax.random.bernoulli(o_key, prob).astype(jnp.float32)
+    prob = prefs[x, y, y_prime]                   # float32, as prefs
+    return sample_outcome(o_key, prob, outcome)
 
   o = jax.jit(lambda c, ks: jax.lax.map(cell, (c, ks)))(cells, keys)
   o = np.asarray(o, np.float64).reshape(k, k, num_comparisons)

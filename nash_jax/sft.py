@@ -1,5 +1,5 @@
 """A reference policy worth regularizing towards: supervised fine-tuning
-(SFT) on a corpus of responses (issue 10, item 1).
+(SFT) on a corpus of responses.
 
 NLHF regularizes towards ``pi_ref`` (ALGORITHMS.md section 1). A randomly
 initialized transformer is a nearly uniform ``pi_ref``; real post-training
@@ -47,6 +47,7 @@ import optax
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.errors import ConfigError
 from nash_jax.precision import in_float32
+from nash_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +60,11 @@ class Writer:
       ``[0, 1]``.
   """
 
-  stop: float = 0.3
-  topic: float = 0.5
+  stop: float = setting(0.3, "The corpus writer's probability of ending "
+                        '(EOS) before each token.')
+  topic: float = setting(0.5, "The corpus writer's probability that a "
+                         "token is the prompt's topic (else another content "
+                         'token, uniformly).')
 
 
 def check_writer(writer: Writer, vocab_size: int) -> Writer:

@@ -5,7 +5,7 @@ a stability limit: as ``beta`` shrinks or the step grows it slows, oscillates
 or diverges. Nash Prox wraps the same update in a proximal-point loop. The
 study runs each algorithm over a grid of ``beta`` x ``learning_rate`` for
 many seeds (each cell and seed with its own game, all cells of an algorithm
-in one compiled call via :func:`nash_jax.experiment.run_sweep`) and records,
+in one compiled call via :func:`nash_jax.experiment.run_task`) and records,
 per cell, the fraction of seeds whose last iterate is within
 ``kl_threshold`` of ``pi*_beta`` once the query budget is spent, and the
 distribution of the final KL.
@@ -21,7 +21,9 @@ from typing import Callable
 import numpy as np
 
 from nash_jax import experiment
+from nash_jax import io as io_lib
 from nash_jax.analysis import style
+from nash_jax.tasks import tabular
 
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 STABILITY_COLUMNS = (
@@ -46,14 +48,15 @@ def grid(study: Study) -> dict[str, list[float]]:
           'learning_rate': list(study.learning_rates)}
 
 
-def validate(base: experiment.ExperimentConfig, study: Study):
+def validate(base: tabular.TabularConfig, study: Study):
   """Validates every cell of every algorithm; ``{algorithm: (cells,
-  file_game)}``. The base config's ``output_dir`` is the study's."""
+  inputs)}``. The base config's ``output_dir`` is the study's."""
   out = {}
   for name in study.algorithms:
     config = base.replace(algorithm=name, output_dir=os.path.join(
         base.output_dir, name))
-    out[name] = experiment.validate_sweep(config, grid(study))
+    out[name] = experiment.validate_sweep(tabular.TASK, config,
+                                          grid(study))
   return out
 
 
@@ -88,8 +91,8 @@ def run(plan: dict, study: Study, output_dir: str, *, prepared=None,
   """Runs every algorithm's grid of a plan from :func:`validate`.
 
   The algorithms play the same games (drawn and solved once, or taken from
-  ``prepared``, see :func:`nash_jax.experiment.prepare`); all cells and
-  seeds of an algorithm are one :func:`nash_jax.experiment.run_sweep`.
+  ``prepared``, see :func:`nash_jax.tasks.tabular.prepare`); all cells and
+  seeds of an algorithm are one :func:`nash_jax.experiment.run_task`.
   Writes each cell's results and the algorithm's ``sweep.csv`` under
   ``output_dir/<algorithm>/``; returns the ``stability.csv`` rows.
 
@@ -98,15 +101,16 @@ def run(plan: dict, study: Study, output_dir: str, *, prepared=None,
   and one line per cell when it ends (:func:`format_row`).
   """
   rows = []
-  for name, (cells, file_game) in plan.items():
+  for name, (cells, inputs) in plan.items():
     out = os.path.join(output_dir, name)
     log(f'{name}: {len(cells)} cells x {cells[0][1].num_seeds} seeds, '
         f'{study.query_budget} queries each, in one run')
-    prepared = prepared or experiment.prepare(cells[0][1], file_game, log)
-    results = experiment.run_sweep(
-        [c for _, c in cells], out, file_game, log=log,
-        query_budget=study.query_budget, prepared=prepared,
-        checkpoint_every=checkpoint_every)
+    prepared = prepared or tabular.prepare(cells[0][1], inputs.file_game,
+                                           log)
+    results = experiment.run_task(
+        tabular.TASK, [c for _, c in cells],
+        tabular.TabularInputs(inputs.file_game, prepared), out, log=log,
+        query_budget=study.query_budget, checkpoint_every=checkpoint_every)
     for res in results:
       experiment.write_results(res)
     experiment.write_sweep_table(cells, results, out)
@@ -128,12 +132,9 @@ def format_row(row: dict) -> str:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(STABILITY_COLUMNS))
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+  """Writes ``stability.csv`` rows (the columns of
+  :data:`STABILITY_COLUMNS`), atomically."""
+  io_lib.write_records(path, rows, STABILITY_COLUMNS)
 
 
 def read_csv(path: str) -> list[dict]:
@@ -190,7 +191,6 @@ def plot(rows: list[dict], path: str, title: str = '',
     fig.suptitle(title, fontsize=9)
   for out, kwargs in ((path, {'dpi': 110}),
                       (os.path.splitext(path)[0] + '.pdf', {})):
-    tmp = out + '.tmp'
-    fig.savefig(tmp, format=os.path.splitext(out)[1][1:], **kwargs)
-    os.replace(tmp, out)
+    io_lib.atomic_write(out, lambda tmp: fig.savefig(
+        tmp, format=os.path.splitext(out)[1][1:], **kwargs))
   plt.close(fig)

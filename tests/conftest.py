@@ -1,5 +1,11 @@
-"""Test configuration: float64 everywhere, as the exact metrics need it, and
-one persistent compilation cache for the whole test run.
+"""Test configuration: float64 everywhere, as the exact metrics need it,
+rank promotion an error, and one persistent compilation cache for the whole
+test run.
+
+Rank promotion (``x + y`` with ``x`` of rank 1 and ``y`` of rank 2
+broadcasting silently) raises in every test and fixture of this process, so
+the library broadcasts explicitly (``[..., None]``); the binaries the tests
+start are separate processes and keep JAX's default.
 
 The cache: the binaries the tests start (and the tests themselves) compile
 the same programs many times over (a resumed run recompiles what the
@@ -26,6 +32,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import jax  # noqa: E402
 
 jax.config.update('jax_enable_x64', True)
+jax.config.update('jax_numpy_rank_promotion', 'raise')
 jax.config.update('jax_compilation_cache_dir',
                   os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)

@@ -9,6 +9,10 @@ the binary as ``python -m`` does (``runpy`` with ``run_name='__main__'``,
 its own argv) with its stdout and stderr sent to files. A refusal exits
 before any JAX computation, so forking after the imports is safe; a case
 that is not refused runs its job in the child (and its test then fails).
+
+A refusal table is a list of ``(args, expected)`` cases: :func:`run_table`
+runs them all, each with an output path of its own, and
+:func:`assert_refused` checks one outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +92,31 @@ def run_cases(module: str, cases: list[list[str]], tmp: Path,
   results = [Outcome(*json.loads(line)) for line in proc.stdout.splitlines()]
   assert len(results) == len(cases), proc.stderr[-3000:]
   return results
+
+
+def run_table(module: str, table: list[tuple[Any, Any]], tmp: Path,
+              argv: Callable[[Path, Any], list[str]], env: dict | None = None,
+              timeout: float = 600,
+              suffix: str = '') -> list[tuple[Outcome, Path]]:
+  """Runs the cases ``(args, expected)`` of a refusal table (with
+  :func:`run_cases`): case ``i`` as ``python -m module *argv(out, args)``,
+  ``out = tmp / f'out{i}{suffix}'`` the output path it must not create.
+  Returns ``(outcome, out)`` per case, in order."""
+  outs = [tmp / f'out{i}{suffix}' for i in range(len(table))]
+  cases = [argv(out, args) for out, (args, _) in zip(outs, table)]
+  outcomes = run_cases(module, cases, tmp / 'driver', env=env,
+                       timeout=timeout)
+  return list(zip(outcomes, outs))
+
+
+def assert_refused(outcome: Outcome, start: str,
+                   out: Path | None = None) -> str:
+  """A refusal: exit status 2, one line on stderr and it begins with
+  ``start``, nothing on stdout, ``out`` (when given) not created. Returns
+  the line."""
+  assert outcome.returncode == 2, outcome.stderr[-2000:]
+  lines = outcome.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(start), outcome.stderr
+  assert outcome.stdout == '', outcome.stdout[-2000:]
+  assert out is None or not out.exists(), out
+  return lines[0]

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
+from helpers import random_numpy_game
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import metrics, reference, rules
@@ -132,18 +133,6 @@ def np_kl(rho, p, q):
 
 def random_log_policy(rng, shape, scale=1.0):
   return np_log_normalize(scale * rng.normal(size=shape))
-
-
-def random_numpy_game(seed, num_contexts, num_actions):
-  """Random preferences, non-uniform ``rho`` and random ``pi_ref``."""
-  rng = np.random.default_rng(seed)
-  lower = np.tril(rng.uniform(size=(num_contexts, num_actions, num_actions)),
-                  -1)
-  preferences = (lower + np.triu(1 - np.swapaxes(lower, -1, -2), 1) +
-                 0.5 * np.eye(num_actions))
-  weights = rng.dirichlet(np.ones(num_contexts))
-  ref = rng.dirichlet(np.full(num_actions, 1.0), size=num_contexts)
-  return preferences, weights, ref
 
 
 def log_equilibrium(game, beta, tol=1e-12):
@@ -1028,17 +1017,17 @@ def test_self_play_pg_with_adam_decreases_kl():
 
 
 def test_experiment_config_mirrors_algorithm_config_defaults():
-  # ExperimentConfig lists AlgorithmConfig's fields again (they are the
+  # TabularConfig lists AlgorithmConfig's fields again (they are the
   # binaries' flags); a default that drifts in one copy would silently give
   # library and binary users different algorithms.
   import dataclasses
 
-  from nash_jax.experiment import ExperimentConfig
-  experiment_defaults = {f.name: f.default
-                         for f in dataclasses.fields(ExperimentConfig)}
+  from nash_jax.tasks.tabular import TabularConfig
+  tabular_defaults = {f.name: f.default
+                         for f in dataclasses.fields(TabularConfig)}
   for config in (AlgorithmConfig, PolicyConfig):
     for field in dataclasses.fields(config):
-      assert field.name in experiment_defaults, field.name
-      assert experiment_defaults[field.name] == field.default, field.name
-  assert ExperimentConfig().algorithm_config() == AlgorithmConfig()
-  assert ExperimentConfig().policy_config() == PolicyConfig()
+      assert field.name in tabular_defaults, field.name
+      assert tabular_defaults[field.name] == field.default, field.name
+  assert TabularConfig().algorithm_config() == AlgorithmConfig()
+  assert TabularConfig().policy_config() == PolicyConfig()

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from refusals import run_cases
+from helpers import FAST_COMPILE, child_env
+from refusals import assert_refused, run_table
 
 ROOT = Path(__file__).parents[1]
 BINARY = 'experiments.benchmark_lm'
@@ -34,7 +34,6 @@ CONFIG_KEYS = {
     'achieved_flops_per_s', 'matmul_f32_flops_per_s',
     'fraction_of_f32_matmul', 'loadavg_before', 'loadavg_after',
     'batch_prompts', 'prompt_length', 'new_tokens', 'vocab_size'}
-FAST_COMPILE = '--xla_backend_optimization_level=0'
 
 
 def _trl_installed() -> bool:
@@ -43,10 +42,7 @@ def _trl_installed() -> bool:
 
 
 def _env():
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE).strip()
-  env['PYTHONPATH'] = str(ROOT)
-  return env
+  return child_env(FAST_COMPILE, PYTHONPATH=str(ROOT))
 
 
 def test_tiny_run_prints_json_lines(tmp_path):
@@ -115,26 +111,17 @@ if not _trl_installed():
 @pytest.fixture(scope='module')
 def refusals(tmp_path_factory):
   """``(outcome, output file)`` of every case of :data:`REFUSALS`."""
-  tmp = tmp_path_factory.mktemp('refusals')
-  outputs = [tmp / f'{i}.jsonl' for i in range(len(REFUSALS))]
-  cases = [[*args, f'--output={out}'] for (args, _), out in
-           zip(REFUSALS, outputs)]
-  outcomes = run_cases(BINARY, cases, tmp / 'driver', env=_env(),
-                       timeout=300)
-  return list(zip(outcomes, outputs))
+  return run_table(BINARY, REFUSALS, tmp_path_factory.mktemp('refusals'),
+                   lambda out, args: [*args, f'--output={out}'], env=_env(),
+                   timeout=300, suffix='.jsonl')
 
 
 @pytest.mark.parametrize('index', range(len(REFUSALS)),
                          ids=[' '.join(a) for a, _ in REFUSALS])
 def test_refuses_bad_flags_before_any_work(refusals, index):
   outcome, output = refusals[index]
-  expected = REFUSALS[index][1]
-  assert outcome.returncode == 2, outcome.stderr
-  assert outcome.stdout == ''  # Nothing measured, not even the machine line.
-  assert not output.exists()
-  lines = outcome.stderr.splitlines()
-  assert len(lines) == 1, outcome.stderr
-  assert lines[0].startswith(f'error: {expected}'), lines[0]
+  # Nothing measured (stdout empty), not even the machine line.
+  assert_refused(outcome, f'error: {REFUSALS[index][1]}', output)
 
 
 def test_refuses_an_output_directory(tmp_path):

@@ -46,9 +46,10 @@ import numpy as np
 import pytest
 
 from nash_jax import algorithms as algorithms_lib
-from nash_jax import experiment, reference
+from nash_jax import reference
 from nash_jax.algorithms import ALGORITHM_NAMES
 from nash_jax.games import GENERATORS
+from nash_jax.tasks import tabular
 
 ROOT = Path(__file__).parents[1]
 MATRIX_GAME = 'experiments.matrix_game'
@@ -579,8 +580,8 @@ def test_beta_zero_runs_against_a_von_neumann_winner(runner):
   # Regenerate the games: the equilibrium wins against every pure response
   # at least half the time, and the exploitability column is the final
   # policy's.
-  config = experiment.ExperimentConfig(**layout.config)
-  games = experiment.build_games(config, None)
+  config = tabular.TabularConfig(**layout.config)
+  games = tabular.build_games(config, None)
   preferences = np.asarray(games.preferences)         # [S, X, n, n]
   eq = layout.equilibrium
   worst = np.einsum('sxyz,sxy->sxz', preferences, eq).min(-1)
@@ -763,7 +764,7 @@ def test_matrix_game_sampled(runner, name):
 
   # The equilibrium is that of the regenerated games, and a log-linear
   # final policy is in its class: log(pi / pi_ref) = phi theta + c(x).
-  games = experiment.build_games(experiment.ExperimentConfig(**{
+  games = tabular.build_games(tabular.TabularConfig(**{
       **config, 'hidden_sizes': tuple(config['hidden_sizes'])}), None)
   for i in range(3):
     eq = reference.regularized_equilibrium(games.preferences[i],
@@ -823,6 +824,7 @@ SAMPLED_REFUSED = [
      'hidden_sizes', []),
     ('hidden_sizes_zero', [*SAMPLED_TINY, '--policy=mlp',
                            '--hidden_sizes=8,0'], 'hidden_sizes', []),
+    ('outcome', [*SAMPLED_TINY, '--outcome=human'], 'outcome', ['human']),
     ('oracle', [*SAMPLED_TINY, '--oracle=human'], 'oracle', ['human']),
     ('mixture', ['--mode=sampled', '--algorithm=nash_md_pg',
                  '--mixture=1.5'], 'mixture', []),

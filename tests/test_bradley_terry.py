@@ -3,14 +3,9 @@
 import numpy as np
 import pytest
 import scipy.special
+from helpers import random_preferences
 
 from nash_jax import bradley_terry as bt
-
-
-def _random_preferences(rng, num_contexts, n):
-  lower = np.tril(rng.uniform(size=(num_contexts, n, n)), -1)
-  upper = np.triu(1 - np.swapaxes(lower, 1, 2), 1)
-  return lower + upper + 0.5 * np.eye(n)
 
 
 @pytest.mark.parametrize('weights', ['uniform', 'dirichlet'])
@@ -37,7 +32,7 @@ def test_two_responses_closed_form():
 def test_score_equations_hold_on_an_intransitive_game():
   # dL/dr_a = sum_b W_ab (P_ab - sigmoid(r_a - r_b)) = 0 at the MLE.
   rng = np.random.default_rng(1)
-  prefs = _random_preferences(rng, 3, 7)
+  prefs = random_preferences(rng, 3, 7)
   np.testing.assert_allclose(prefs + np.swapaxes(prefs, 1, 2), 1)
   ref = rng.dirichlet(np.ones(7), size=3)
   fitted = bt.fit_rewards(prefs, ref)

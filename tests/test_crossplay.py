@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from refusals import assert_refused, run_table
 
 from nash_jax import crossplay
 from nash_jax.games import generate_game
@@ -112,13 +113,14 @@ def test_binary_end_to_end_and_refusals(tmp_path):
   assert lines[0] == 'row,column,exact,mean,low,high,comparisons'
   assert len(lines) == 1 + 9
   # Refusals: one line, exit 2, nothing written.
-  for args, flag in [([f'--runs={a},{tmp_path}/missing'], '--runs'),
-                     ([f'--runs={a}', '--seed_index=1'], '--seed_index'),
-                     ([f'--runs={a}', '--comparisons=1'], '--comparisons'),
-                     ([f'--runs={a}'], '--game')]:
-    args = args + ([f'--game={game_file}'] if flag != '--game' else [])
-    bad = _run(args + [f'--output_dir={tmp_path}/bad'], ROOT)
-    assert bad.returncode == 2, (args, bad.stderr)
-    assert bad.stderr.strip().startswith(f'error: {flag}'), bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
-    assert not os.path.exists(tmp_path / 'bad')
+  table = [([f'--runs={a},{tmp_path}/missing', f'--game={game_file}'],
+            '--runs'),
+           ([f'--runs={a}', '--seed_index=1', f'--game={game_file}'],
+            '--seed_index'),
+           ([f'--runs={a}', '--comparisons=1', f'--game={game_file}'],
+            '--comparisons'),
+           ([f'--runs={a}'], '--game')]
+  results = run_table('experiments.crossplay', table, tmp_path / 'bad',
+                      lambda out, args: [*args, f'--output_dir={out}'])
+  for (_, flag), (outcome, bad) in zip(table, results):
+    assert_refused(outcome, f'error: {flag}', bad)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import fake_devices_env
 
 SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
@@ -59,11 +60,8 @@ SCRIPT = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_eight_fake_devices_match_one_device_bit_for_bit():
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_force_host_platform_device_count=8').strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  result = subprocess.run([sys.executable, '-c', SCRIPT], env=env,
+  result = subprocess.run([sys.executable, '-c', SCRIPT],
+                          env=fake_devices_env(8),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'DEVICES OK' in result.stdout
@@ -96,12 +94,10 @@ def test_two_fake_devices_keep_the_readme_promise(tmp_path):
           '--eval_every=10', '--batch_size=8', '--checkpoint_every=0']
   procs = []
   for devices in (1, 2):
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-        os.environ.get('XLA_FLAGS', '') +
-        f' --xla_force_host_platform_device_count={devices}').strip())
     procs.append(subprocess.Popen(
         [sys.executable, '-m', 'experiments.matrix_game', *args,
-         f'--output_dir={tmp_path / str(devices)}'], env=env,
+         f'--output_dir={tmp_path / str(devices)}'],
+        env=fake_devices_env(devices),
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
   for proc in procs:

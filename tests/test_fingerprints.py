@@ -129,7 +129,7 @@ CASES = {
         FAST_COMPILE),
     'token_game_online_ipo': ('experiments.lm', [
         *TOKENS, '--algorithm=online_ipo', '--learning_rate=0.02',
-        '--oracle=probability'], ['.'], LM_FILES, FAST_COMPILE),
+        '--outcome=probability'], ['.'], LM_FILES, FAST_COMPILE),
     'post_train': ('experiments.post_train', [
         '--model_dir={inputs}/qwen3', '--prompts={inputs}/prompts.jsonl',
         '--judge_template={inputs}/template.json',
@@ -203,8 +203,8 @@ def values_of(path: Path):
     keys = sorted({k for r in records for k in r})
     return {k: [r.get(k) for r in records] for k in keys}
   if path.suffix == '.safetensors':
-    from safetensors.numpy import load_file
     import ml_dtypes  # noqa: F401  (bfloat16 tensors)
+    from safetensors.numpy import load_file
     out = {}
     for name, t in sorted(load_file(str(path)).items()):
       t = t.astype(np.float64)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_preferences
 
 from nash_jax.games import (
   GENERATORS,
@@ -293,13 +294,8 @@ def test_stack_games():
 
 
 def _preferences(num_contexts, num_actions, seed=0):
-  rng = np.random.default_rng(seed)
-  lower = rng.uniform(size=(num_contexts, num_actions, num_actions))
-  lower = np.tril(lower, -1)
-  p = lower + np.swapaxes(1 - lower, -1, -2) * np.triu(
-      np.ones((num_actions, num_actions)), 1)
-  p += 0.5 * np.eye(num_actions)
-  return p
+  return random_preferences(np.random.default_rng(seed), num_contexts,
+                            num_actions)
 
 
 def _check_game(game, preferences, ref_policy, context_weights):

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (nash_jax.policies.hf) against transformers.
+"""Hugging Face checkpoints (nash_jax.hf) against transformers.
 
 Each test writes tiny random Qwen3, Llama 3 (llama3 RoPE scaling) and
 Qwen2 checkpoints (tests/hf_fixtures.py) and loads them with our loader;
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from nash_jax import hf
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
-from nash_jax.policies import hf
 from nash_jax.policies import sequence as seq
 from nash_jax.policies import transformer as tf
 
@@ -36,12 +36,6 @@ GOLDEN = json.loads(
     (Path(__file__).parent / 'data' / 'hf_golden.json').read_text())
 # float32 here and in transformers; measured max |diff| about 6e-6.
 TOLERANCE = 2e-5
-
-
-@pytest.fixture(autouse=True)
-def _no_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
 
 
 @pytest.fixture(scope='module')
@@ -306,6 +300,34 @@ def _assert_same(tree_a, tree_b):
     assert a.dtype == b.dtype and a.shape == b.shape
     np.testing.assert_array_equal(np.asarray(a).view(np.uint8),
                                   np.asarray(b).view(np.uint8))
+
+
+def test_open_checkpoint_reads_each_file_once(tmp_path):
+  """A :class:`hf.Checkpoint` keeps what it read: with config.json,
+  generation_config.json and tokenizer.json removed once read, it still
+  loads what :func:`hf.load_checkpoint` loads; nothing is read on
+  opening, so each refusal comes when its file is asked for."""
+  path = F.write_checkpoint(tmp_path / 'm', 'llama')
+  want = hf.load_checkpoint(path, 'float32')
+  checkpoint = hf.open_checkpoint(path)
+  assert checkpoint.config == hf.checkpoint_config(path)
+  tokenizer = checkpoint.tokenizer
+  assert checkpoint.generation_config
+  for name in ('config.json', 'generation_config.json', 'tokenizer.json'):
+    os.remove(path / name)
+  assert checkpoint.tokenizer is tokenizer
+  config, params, info = checkpoint.load('float32')
+  assert config == want[0] and info == want[2]
+  assert info.hf_config == want[2].hf_config
+  _assert_same(params, want[1])
+  nowhere = hf.open_checkpoint(tmp_path / 'nowhere', 'judge_dir')
+  with pytest.raises(ConfigError) as error:
+    nowhere.tokenizer
+  assert _one_line(error, 'tokenizer.json', 'no such file').startswith(
+      '--judge_dir: ')
+  with pytest.raises(ConfigError) as error:
+    nowhere.config
+  _one_line(error, 'nowhere', 'no such directory')
 
 
 @pytest.mark.parametrize('arch', F.ARCHS)

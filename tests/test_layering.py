@@ -1,11 +1,13 @@
 """Data flows one way (DESIGN.md): no module imports from a later stage.
 
 The stages, earliest first: shared foundations; games (data, exact
-reference, metrics); environments; policies; update rules; algorithms; the
-trainer, checkpoints and evaluation functions; the experiment package (whose
-own modules run config -> inputs -> sweep -> results -> run); analysis; the
-stability study; figures. Every ``nash_jax`` import in the package,
-including imports inside functions, is checked.
+reference, metrics); environments; policies; Hugging Face I/O; update
+rules; algorithms; the trainer, checkpoints and evaluation functions; the
+run kit (``nash_jax.experiment``, whose own modules run task -> checks ->
+sweep -> results -> run); the kinds of run (``nash_jax.tasks``); analysis;
+the stability study; figures. Every
+``nash_jax`` import in the package, including imports inside functions,
+is checked.
 """
 
 import ast
@@ -16,20 +18,27 @@ import pytest
 ROOT = Path(__file__).parents[1] / 'nash_jax'
 STAGES = [
     ('nash_jax.errors', 'nash_jax.settings', 'nash_jax.distributions',
-     'nash_jax.sharding', 'nash_jax.precision'),
+     'nash_jax.sharding', 'nash_jax.precision', 'nash_jax.io'),
     ('nash_jax.games', 'nash_jax.reference', 'nash_jax.bradley_terry',
      'nash_jax.metrics'),
     ('nash_jax.environments',),
     ('nash_jax.policies',),
-    ('nash_jax.rules', 'nash_jax.preference_models'),
+    ('nash_jax.hf',),
+    ('nash_jax.rules', 'nash_jax.oracles'),
     ('nash_jax.algorithms',),
     ('nash_jax.train', 'nash_jax.checkpoint', 'nash_jax.evaluation',
      'nash_jax.seed_blocks', 'nash_jax.sft', 'nash_jax.crossplay'),
-    ('nash_jax.experiment.config',),
-    ('nash_jax.experiment.inputs',),
+    # The run kit, task-agnostic: task -> checks -> sweep -> results -> run.
+    ('nash_jax.experiment.task',),
+    ('nash_jax.experiment.checks',),
     ('nash_jax.experiment.sweep',),
     ('nash_jax.experiment.results',),
     ('nash_jax.experiment.run', 'nash_jax.experiment'),
+    # The kinds of run, each a Task the kit runs.
+    ('nash_jax.tasks.language_model',),
+    ('nash_jax.tasks.oracles',),
+    ('nash_jax.tasks.tabular', 'nash_jax.tasks.token_game',
+     'nash_jax.tasks.post_train', 'nash_jax.tasks'),
     ('nash_jax.analysis',),
     ('nash_jax.stability',),
     ('nash_jax.figures',),
@@ -56,6 +65,13 @@ def modules():
     yield '.'.join(parts), path
 
 
+def _is_module(name: str) -> bool:
+  """Whether ``name`` (``nash_jax.x.y``) is a module or package of the
+  package, not a name defined in one."""
+  path = ROOT.parent.joinpath(*name.split('.'))
+  return path.with_suffix('.py').exists() or (path / '__init__.py').exists()
+
+
 def imports(path: Path, module: str):
   """Absolute names of the nash_jax modules a file imports."""
   for node in ast.walk(ast.parse(path.read_text())):
@@ -63,8 +79,9 @@ def imports(path: Path, module: str):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module:
       base = node.module
-      # `from nash_jax import experiment` imports the module experiment.
-      names = [f'{base}.{a.name}' if base == 'nash_jax' else base
+      # `from nash_jax import experiment` imports the module experiment, and
+      # `from nash_jax.experiment import checks` the module checks.
+      names = [f'{base}.{a.name}' if _is_module(f'{base}.{a.name}') else base
                for a in node.names]
     else:
       continue
@@ -84,6 +101,7 @@ def test_no_import_from_a_later_stage(module, path):
 def test_stage_of_known_modules():
   assert stage('nash_jax.policies.sequence') > stage('nash_jax.environments')
   assert stage('nash_jax.experiment.run') > stage('nash_jax.experiment.sweep')
+  assert stage('nash_jax.tasks.tabular') > stage('nash_jax.experiment')
   with pytest.raises(AssertionError):
     stage('nash_jax.unknown')
 

@@ -18,25 +18,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_sampled import (
-  ETA,
-  _assert_unbiased,
-  _exact_nash_prox,
-  _exact_online_ipo,
-  _exact_prox_pg,
-  _exact_self_play,
-  _kl_rho,
-  _play,
+from helpers import (
+  assert_unbiased,
+  exact_nash_prox,
+  exact_online_ipo,
+  exact_prox_pg,
+  exact_self_play,
+  kl_rho,
+  play,
 )
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax.algorithms import AlgorithmConfig
-from nash_jax.environments import tokens
-from nash_jax.experiment.inputs import lm_environment, lm_policy
+from nash_jax.environments import TokenContexts, tokens
 from nash_jax.policies import sequence, transformer
+from nash_jax.tasks.language_model import sequence_policy as lm_policy
+from nash_jax.tasks.token_game import environment as lm_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-BETA = 0.3
+BETA, ETA = 0.3, 0.5
 SPEC = tokens.TokenEnvSpec(vocab_size=2, max_length=2, num_prompts=2,
                            prompt_length=2)
 TCONFIG = transformer.TransformerConfig(
@@ -125,24 +125,24 @@ def test_listed_transformer_distribution_sums_to_one():
 def test_online_ipo_gradient_on_transformer_is_unbiased(online_ipo_case):
   env_params, game, params, samples = online_ipo_case
   log_pi = _listed(params, env_params)
-  exact = _param_gradient(_exact_online_ipo(log_pi, game, BETA), params,
+  exact = _param_gradient(exact_online_ipo(log_pi, game, BETA), params,
                           env_params)
-  _assert_unbiased(samples, exact)
+  assert_unbiased(samples, exact)
   # Negative control: self-play PG's direction is a different scale.
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _param_gradient(
-        _exact_self_play(log_pi, game, BETA), params, env_params))
+    assert_unbiased(samples, _param_gradient(
+        exact_self_play(log_pi, game, BETA), params, env_params))
 
 
 def test_self_play_pg_gradient_on_transformer_is_unbiased():
   env_params, game, algorithm, state, params = _setup('self_play_pg')
   samples = _batch_gradients(algorithm, state, env_params)
   log_pi = _listed(params, env_params)
-  _assert_unbiased(samples, _param_gradient(
-      _exact_self_play(log_pi, game, BETA), params, env_params))
+  assert_unbiased(samples, _param_gradient(
+      exact_self_play(log_pi, game, BETA), params, env_params))
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _param_gradient(
-        _exact_self_play(log_pi, game, 3 * BETA), params, env_params))
+    assert_unbiased(samples, _param_gradient(
+        exact_self_play(log_pi, game, 3 * BETA), params, env_params))
 
 
 def test_nash_prox_gradient_on_transformer_is_unbiased():
@@ -152,12 +152,12 @@ def test_nash_prox_gradient_on_transformer_is_unbiased():
                              env_params)
   log_pi = _listed(params, env_params)
   log_anchor = _listed(anchor, env_params)
-  _assert_unbiased(samples, _param_gradient(
-      _exact_nash_prox(log_pi, log_anchor, game, BETA, ETA), params,
+  assert_unbiased(samples, _param_gradient(
+      exact_nash_prox(log_pi, log_anchor, game, BETA, ETA), params,
       env_params))
   with pytest.raises(AssertionError):  # The anchor matters.
-    _assert_unbiased(samples, _param_gradient(
-        _exact_nash_prox(log_pi, log_pi, game, BETA, ETA), params,
+    assert_unbiased(samples, _param_gradient(
+        exact_nash_prox(log_pi, log_pi, game, BETA, ETA), params,
         env_params))
 
 
@@ -172,16 +172,16 @@ def test_approx_nash_mp_gradient_on_transformer_is_unbiased():
   samples = _batch_gradients(algorithm, state, env_params)
   log_pi, log_anchor, log_half = (_listed(p, env_params)
                                   for p in (params, anchor, half))
-  _assert_unbiased(samples, _param_gradient(
-      _exact_prox_pg(log_pi, log_half, log_anchor, game, BETA, ETA), params,
+  assert_unbiased(samples, _param_gradient(
+      exact_prox_pg(log_pi, log_half, log_anchor, game, BETA, ETA), params,
       env_params))
   # Negative control: the prox centre left out. (Playing the anchor instead
   # of the half-step policy moves the exact gradient by only ~3 standard
   # errors here, below the Z = 5 bound: the transformer's opponents are too
   # alike for that control to have teeth at this batch count.)
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _param_gradient(
-        _exact_prox_pg(log_pi, log_half, log_pi, game, BETA, ETA), params,
+    assert_unbiased(samples, _param_gradient(
+        exact_prox_pg(log_pi, log_half, log_pi, game, BETA, ETA), params,
         env_params))
 
 
@@ -215,11 +215,11 @@ def test_nash_md_pg_gradient_on_transformer_is_unbiased():
   def exact(log_opponent):
     def objective(p):
       log_pi = _listed(p, env_params)
-      return (_play(log_pi, log_opponent, game) -
-              BETA * _kl_rho(log_pi, game.log_ref_policy, game))
+      return (play(log_pi, log_opponent, game) -
+              BETA * kl_rho(log_pi, game.log_ref_policy, game))
     return -_flat(jax.grad(objective)(params))
 
-  _assert_unbiased(samples, exact(log_mix))
+  assert_unbiased(samples, exact(log_mix))
   # Negative controls: the sequence-level geometric mixture (a different
   # distribution) and no mixture at all.
   log_pi = _listed(params, env_params)
@@ -227,7 +227,7 @@ def test_nash_md_pg_gradient_on_transformer_is_unbiased():
       (1 - mixture) * log_pi + mixture * game.log_ref_policy, axis=-1)
   assert np.max(np.abs(sequence_level - log_mix)) > 1e-2
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, exact(log_pi))
+    assert_unbiased(samples, exact(log_pi))
 
 
 def test_nash_prox_with_anchor_every_step_is_online_ipo_on_transformer():
@@ -278,9 +278,9 @@ def test_generation_flops_are_counted_for_every_token():
                                          num_layers=1, num_heads=2,
                                          num_kv_heads=1, mlp_dim=16)
   params = transformer.init_params(jax.random.PRNGKey(0), config)
-  x = tokens.TokenContexts(index=jnp.zeros(4, jnp.int32),
-                           tokens=jnp.ones((4, 3), jnp.int32),
-                           mask=jnp.ones((4, 3), bool))
+  x = TokenContexts(index=jnp.zeros(4, jnp.int32),
+                    tokens=jnp.ones((4, 3), jnp.int32),
+                    mask=jnp.ones((4, 3), bool))
 
   def flops(length, counting):
     fn = lambda p: sequence.generate(jax.random.PRNGKey(1), p, x, length,

@@ -12,7 +12,6 @@ refusals run as children forked from one process (tests/refusals.py).
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,13 +21,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from refusals import run_cases
+from helpers import FAST_COMPILE, child_env
+from refusals import assert_refused, run_table
 
 from nash_jax import metrics, reference
 from nash_jax.environments import tokens
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_COMPILE = '--xla_backend_optimization_level=0'
 
 
 TINY = ['--vocab_size=2', '--max_length=2', '--num_prompts=2',
@@ -45,12 +44,11 @@ ENV = {}
 
 @pytest.fixture(scope='module', autouse=True)
 def _compilation_cache(tmp_path_factory):
-  ENV.update(os.environ,
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('cache')),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-             XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' +
-                        FAST_COMPILE).strip())
+  ENV.update(child_env(
+      FAST_COMPILE,
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('cache')),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0'))
 
 
 def _lm(out, *args, timeout=600):
@@ -196,6 +194,7 @@ LM_REFUSALS = [
     (['--num_heads=3'], 'num_heads'),
     (['--num_kv_heads=3', '--num_heads=4'], 'num_kv_heads'),
     (['--dtype=float16'], 'dtype'),
+    (['--outcome=human'], 'outcome'),
     (['--oracle=human'], 'oracle'),
     (['--sweep=temperature=1,2'], 'sweep'),
     (['--sharpness=1,2'], 'sharpness'),
@@ -208,12 +207,10 @@ def lm_refusals(tmp_path_factory):
   """``(outcome, output dir)`` of every case of :data:`LM_REFUSALS`, each
   run as ``python -m experiments.lm`` (children of one process, see
   tests/refusals.py)."""
-  tmp = tmp_path_factory.mktemp('lm_refusals')
-  outs = [tmp / f'out{i}' for i in range(len(LM_REFUSALS))]
-  cases = [[f'--output_dir={out}', *TINY, *args]
-           for out, (args, _) in zip(outs, LM_REFUSALS)]
-  return list(zip(run_cases('experiments.lm', cases, tmp / 'driver',
-                            env=ENV), outs))
+  return run_table('experiments.lm', LM_REFUSALS,
+                   tmp_path_factory.mktemp('lm_refusals'),
+                   lambda out, args: [f'--output_dir={out}', *TINY, *args],
+                   env=ENV)
 
 
 @pytest.mark.parametrize('index', range(len(LM_REFUSALS)),
@@ -221,12 +218,7 @@ def lm_refusals(tmp_path_factory):
                               enumerate(LM_REFUSALS)])
 def test_lm_refuses_bad_input_before_any_work(lm_refusals, index):
   outcome, out = lm_refusals[index]
-  flag = LM_REFUSALS[index][1]
-  assert outcome.returncode == 2, outcome.stderr[-2000:]
-  lines = outcome.lines()
-  assert lines == [lines[0]] and lines[0].startswith(f'error: --{flag}:'), \
-      outcome.stderr
-  assert not out.exists()
+  assert_refused(outcome, f'error: --{LM_REFUSALS[index][1]}:', out)
 
 
 # --------------------------------------------------------------------------

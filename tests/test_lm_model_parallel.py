@@ -13,7 +13,6 @@ in tests/test_lm_parallel.py); they run at the same time. The refusals of a bad 
 ``experiments.lm`` binary (tests/refusals.py).
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from refusals import run_cases
+from helpers import FAST_COMPILE, fake_devices_env
+from refusals import assert_refused, run_table
 
 from nash_jax import sharding
 from nash_jax.policies import transformer
@@ -46,18 +46,18 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     jax.config.update('jax_enable_x64', True)
     from nash_jax import experiment, train
-    from nash_jax.experiment import inputs
-    from nash_jax.experiment.config import lm_compute_dtype
+    from nash_jax.tasks import token_game
+    from nash_jax.tasks.language_model import compute_dtype as lm_compute_dtype
     data, model, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     assert jax.device_count() == 8, jax.devices()
-    config = experiment.LMConfig(
+    config = token_game.TokenGameConfig(
         algorithm='online_ipo', vocab_size=5, max_length=2, num_prompts=2,
         d_model=16, num_layers=2, num_heads=4, num_kv_heads=4, mlp_dim=32,
         batch_size=8, optimizer='adam', learning_rate=3e-3)
-    env_params = inputs.lm_env_params(config)
-    make = inputs.lm_maker(config)
+    env_params = token_game.env_params_of(config)
+    make = token_game.algorithm_maker(config)
     hyper = {k: np.asarray([v, v], lm_compute_dtype(config))
-             for k, v in experiment.lm_hyperparameters(config).items()}
+             for k, v in token_game.TASK.hyperparameters(config).items()}
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     devices = 1 if data == model == 1 else 8
     saved = {}
@@ -122,21 +122,15 @@ SCRIPT = textwrap.dedent("""
     np.savez(out, **saved)
 """)
 
-# XLA's CPU backend optimizations turned down, as in tests/test_lm_parallel.py
-# (compiling dominates these runs); every run compiles under the same flags.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-
 # (data_parallel, model_parallel) of each run; (1, 1) is the one-device run.
 RUNS = ((1, 1), (1, 2), (1, 4), (2, 2))
 
 
 def _start(data: int, model: int, out: Path):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env = fake_devices_env(8, FAST_COMPILE)  # Every run under the same flags.
   # Compiled here, not read from the persistent cache, so that the spied
   # executables hold their optimized HLO.
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
-  flags = f' {FAST_COMPILE} --xla_force_host_platform_device_count=8'
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + flags).strip()
   return subprocess.Popen(
       [sys.executable, '-c', SCRIPT, str(data), str(model), str(out)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -380,17 +374,11 @@ MODEL_PARALLEL_REFUSALS = [
 
 
 def test_lm_binary_refuses_a_bad_model_parallel_before_any_work(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  outs = [tmp_path / f'out{i}' for i in range(len(MODEL_PARALLEL_REFUSALS))]
-  cases = [[f'--output_dir={out}', *TINY, *args]
-           for out, (args, _) in zip(outs, MODEL_PARALLEL_REFUSALS)]
-  outcomes = run_cases('experiments.lm', cases, tmp_path / 'driver', env=env)
-  for (args, pattern), outcome, out in zip(MODEL_PARALLEL_REFUSALS, outcomes,
-                                           outs):
-    assert outcome.returncode == 2, (args, outcome.stderr[-2000:])
-    lines = outcome.lines()
-    assert len(lines) == 1, (args, outcome.stderr)
-    assert lines[0].startswith('error: --model_parallel: '), (args, lines)
-    assert re.search(pattern, lines[0]), (args, lines[0])
-    assert not out.exists()
+  results = run_table(
+      'experiments.lm', MODEL_PARALLEL_REFUSALS, tmp_path,
+      lambda out, args: [f'--output_dir={out}', *TINY, *args],
+      env=fake_devices_env(8))
+  for (args, pattern), (outcome, out) in zip(MODEL_PARALLEL_REFUSALS,
+                                             results):
+    line = assert_refused(outcome, 'error: --model_parallel: ', out)
+    assert re.search(pattern, line), (args, line)

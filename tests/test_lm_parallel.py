@@ -20,11 +20,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FAST_COMPILE, fake_devices_env
 
 from nash_jax import experiment
 from nash_jax.algorithms import AlgorithmConfig
 from nash_jax.algorithms.base import make_optimizer
 from nash_jax.errors import ConfigError
+from nash_jax.tasks import token_game
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,19 +41,19 @@ SCRIPT = textwrap.dedent("""
     jax.config.update('jax_enable_x64', True)
     from nash_jax import experiment, train
     from nash_jax.errors import ConfigError
-    from nash_jax.experiment import inputs
-    from nash_jax.experiment.config import (check_data_parallel,
-                                            lm_compute_dtype)
+    from nash_jax.tasks import token_game
+    from nash_jax.tasks.language_model import check_data_parallel
+    from nash_jax.tasks.language_model import compute_dtype as lm_compute_dtype
     devices, out = int(sys.argv[1]), sys.argv[2]
     assert jax.device_count() == devices, jax.devices()
-    config = experiment.LMConfig(
+    config = token_game.TokenGameConfig(
         algorithm='online_ipo', vocab_size=2, max_length=2, num_prompts=2,
         d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=32,
         batch_size=8, optimizer='adam', learning_rate=3e-3)
-    env_params = inputs.lm_env_params(config)
-    make = inputs.lm_maker(config)
+    env_params = token_game.env_params_of(config)
+    make = token_game.algorithm_maker(config)
     hyper = {k: np.asarray([v], lm_compute_dtype(config))
-             for k, v in experiment.lm_hyperparameters(config).items()}
+             for k, v in token_game.TASK.hyperparameters(config).items()}
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
     state, rows = train.train(
         make, lambda hyper, state, env, data: {}, keys, env_params, (),
@@ -72,7 +74,7 @@ SCRIPT = textwrap.dedent("""
       # activations; hyperparameters, optimizer state, log-probabilities
       # and losses in float32).
       bf16 = config.replace(dtype='bfloat16')
-      env16, make16 = inputs.lm_env_params(bf16), inputs.lm_maker(bf16)
+      env16, make16 = token_game.env_params_of(bf16), token_game.algorithm_maker(bf16)
 
       @jax.jit
       def one_step(key):
@@ -96,7 +98,7 @@ SCRIPT = textwrap.dedent("""
       # compiled with and without the [1, 8] mesh; XLA's cost analysis
       # gives the FLOPs of one device's program.
       dpo = config.replace(algorithm='dpo', offline_pairs=64)
-      algorithm = inputs.lm_maker(dpo)({k: v[0] for k, v in hyper.items()})
+      algorithm = token_game.algorithm_maker(dpo)({k: v[0] for k, v in hyper.items()})
       start = algorithm.init(keys[0], env_params)
 
       def step_flops(mesh):
@@ -116,21 +118,16 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-# XLA's CPU backend optimizations turned down, as in tests/test_lm_binary.py
-# (compiling dominates these runs); both runs compile under the same flags.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-
-
 def _start(devices: int, out: Path, dump: Path | None = None):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  flags = f' {FAST_COMPILE} --xla_force_host_platform_device_count={devices}'
+  # Both runs compile under the same flags (FAST_COMPILE).
+  # With ``dump``, the compiled programs as HLO text; compiled there, not
+  # read from the persistent cache (which would skip the dump).
+  dumping = [] if dump is None else [
+      f'--xla_dump_to={dump}', '--xla_dump_hlo_as_text',
+      '--xla_dump_hlo_module_re=.*local.*']
+  env = fake_devices_env(devices, FAST_COMPILE, *dumping)
   if dump is not None:
-    # The compiled programs as HLO text; compiled there, not read from the
-    # persistent cache (which would skip the dump).
-    flags += (f' --xla_dump_to={dump} --xla_dump_hlo_as_text'
-              ' --xla_dump_hlo_module_re=.*local.*')
     env.pop('JAX_COMPILATION_CACHE_DIR', None)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + flags).strip()
   return subprocess.Popen(
       [sys.executable, '-c', SCRIPT, str(devices), str(out)], cwd=ROOT,
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -160,11 +157,11 @@ def _wait(proc):
 
 def test_data_parallel_is_refused_without_the_devices(tmp_path):
   # One device here: any factor above 1 is refused before any work.
-  config = experiment.LMConfig(output_dir=str(tmp_path / 'out'),
+  config = token_game.TokenGameConfig(output_dir=str(tmp_path / 'out'),
                                data_parallel=2, batch_size=8)
   with pytest.raises(ConfigError, match=r'must divide the 1 devices'):
-    experiment.validate_lm(config)
-  assert experiment.LMConfig().data_parallel is None  # off
+    experiment.validate(token_game.TASK, config)
+  assert token_game.TokenGameConfig().data_parallel is None  # off
 
 
 def test_lm_binary_refuses_data_parallel_before_any_work(tmp_path):

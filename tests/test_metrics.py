@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_numpy_game
 
 from nash_jax import metrics, reference
 from nash_jax.games import core
@@ -93,16 +94,10 @@ class NumpyGame:
     return self.expect(self.g(pi).max(-1)) - 0.5
 
 
-def random_numpy_game(seed, num_contexts=NUM_CONTEXTS,
-                      num_actions=NUM_ACTIONS):
-  rng = np.random.default_rng(seed)
-  lower = np.tril(rng.uniform(size=(num_contexts, num_actions, num_actions)),
-                  -1)
-  preferences = (lower + np.triu(1 - np.swapaxes(lower, -1, -2), 1) +
-                 0.5 * np.eye(num_actions))
-  weights = rng.dirichlet(np.ones(num_contexts))
-  ref = rng.dirichlet(np.full(num_actions, 2.0), size=num_contexts)
-  return NumpyGame(preferences, weights, ref)
+def random_game(seed, num_contexts=NUM_CONTEXTS, num_actions=NUM_ACTIONS):
+  """A random :class:`NumpyGame`, ``pi_ref ~ Dirichlet(2)``."""
+  return NumpyGame(*random_numpy_game(seed, num_contexts, num_actions,
+                                      ref_concentration=2.0))
 
 
 def random_policies(seed, count, num_contexts=NUM_CONTEXTS,
@@ -114,7 +109,7 @@ def random_policies(seed, count, num_contexts=NUM_CONTEXTS,
 
 @pytest.fixture(scope='module')
 def game():
-  return random_numpy_game(0)
+  return random_game(0)
 
 
 @pytest.fixture(scope='module')
@@ -261,7 +256,7 @@ def test_metrics_at_the_equilibrium(game, beta):
 
 @pytest.mark.parametrize('beta', BETAS)
 def test_duality_gap_is_positive_off_equilibrium(beta):
-  game = random_numpy_game(6)
+  game = random_game(6)
   jgame = game.jax()
   pis = random_policies(7, 20, concentration=0.3)
   gaps = np.array([float(duality_gap(jnp.log(pi), jgame, beta))
@@ -270,7 +265,7 @@ def test_duality_gap_is_positive_off_equilibrium(beta):
 
 
 def test_exploitability_in_range():
-  game = random_numpy_game(8)
+  game = random_game(8)
   jgame = game.jax()
   pis = list(random_policies(9, 20, concentration=0.3))
   pis.append(reference.von_neumann_winner(game.p))
@@ -351,7 +346,7 @@ def test_evaluate_is_jittable_and_vmappable(game, beta):
 
 
 def test_metrics_vmap_over_games_and_betas():
-  games = [random_numpy_game(seed) for seed in (12, 13)]
+  games = [random_game(seed) for seed in (12, 13)]
   stacked = core.stack_games([g.jax() for g in games])
   pi = random_policies(14, 1)[0]
   betas = jnp.asarray([0.5, 0.05])

@@ -1,7 +1,6 @@
 """Two processes on 127.0.0.1 (JAX's CPU backend with gloo collectives), two
 fake devices each, against one process: the same files, bit for bit."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import fake_devices_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ['--algorithm=nash_mp', '--num_actions=6', '--num_seeds=5',
@@ -22,19 +22,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _env(devices):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['JAX_PLATFORMS'] = 'cpu'
-  return env
-
-
 @pytest.mark.slow
 def test_two_processes_write_what_one_process_writes(tmp_path):
   single = tmp_path / 'single'
   one = subprocess.run(
       [sys.executable, '-m', 'experiments.matrix_game', *ARGS,
-       f'--output_dir={single}'], cwd=ROOT, env=_env(1), capture_output=True,
+       f'--output_dir={single}'], cwd=ROOT, env=fake_devices_env(1), capture_output=True,
       text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
 
@@ -44,7 +37,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
       [sys.executable, '-m', 'experiments.matrix_game', *ARGS,
        f'--output_dir={multi}', '--distributed',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-       f'--process_id={i}'], cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
+       f'--process_id={i}'], cwd=ROOT, env=fake_devices_env(2), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):

@@ -10,7 +10,6 @@ run or to a stated tolerance.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,17 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from refusals import run_cases
+from helpers import FAST_COMPILE, child_env
+from refusals import assert_refused, run_table
 
-from nash_jax import evaluation
+from nash_jax import evaluation, experiment, hf
 from nash_jax.environments import text as text_lib
 from nash_jax.errors import ConfigError
-from nash_jax.experiment import post_train
-from nash_jax.experiment.inputs import lm_policy
-from nash_jax.policies import hf, sequence
+from nash_jax.policies import sequence
+from nash_jax.tasks import post_train
+from nash_jax.tasks.language_model import sequence_policy
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_COMPILE = '--xla_backend_optimization_level=0'
 PROMPTS = ['the cat sat on the mat', 'why is the dog red ?', 'one two three']
 CORPUS = [('the cat', 'sat on the mat .'), ('why ?', 'it was big .'),
           ('one two', 'three four five')]
@@ -75,7 +74,7 @@ def _config(files, **changes):
 
 
 def test_template_is_encoded_with_the_judges_tokenizer(files):
-  _, loaded = post_train.validate_post_train(_config(files))
+  _, loaded = experiment.validate(post_train.TASK, _config(files))
   template = loaded.judge.template
   arch = 'llama'
   assert template.prefix == (hf_fixtures.token_id(arch, 'question'),)
@@ -96,16 +95,16 @@ def test_the_default_template_needs_single_token_answers(files):
   with pytest.raises(ConfigError, match=r'^--judge_template: the default '
                      r'template: answer_first and answer_second are the '
                      r'same token'):
-    post_train.validate_post_train(_config(files, judge_template=None))
+    experiment.validate(post_train.TASK, _config(files, judge_template=None))
 
 
 def test_sampled_evaluation_matches_independent_formulas(files):
   """The evaluator's win rate, KL estimate and lengths equal the same
   quantities recomputed from its own samples, with an oracle whose
   probability depends on ``y`` alone (so the reference's draws cancel)."""
-  config, loaded = post_train.validate_post_train(_config(files))
+  config, loaded = experiment.validate(post_train.TASK, _config(files))
   ids, tconfig = loaded.info.token_ids, loaded.tconfig
-  policy = lm_policy(tconfig, 5, 1.0, ids)
+  policy = sequence_policy(tconfig, 5, 1.0, ids)
   reference = loaded.params
   # A perturbed policy, so that KL(pi || pi_ref) > 0.
   params = jax.tree.map(lambda a: a * 1.3, reference)
@@ -181,8 +180,7 @@ ENV = {}
 
 @pytest.fixture(scope='module', autouse=True)
 def _fast_compile():
-  ENV.update(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' +
-                                    FAST_COMPILE).strip())
+  ENV.update(child_env(FAST_COMPILE))
 
 
 def _args(files, out, *extra):
@@ -308,6 +306,7 @@ REFUSALS = [
     (['--num_samples=0'], 'num_samples'),
     (['--max_length=0'], 'max_length'),
     (['--temperature=0'], 'temperature'),
+    (['--outcome=human'], 'outcome'),
     (['--oracle=human'], 'oracle'),
     (['--dtype=float16'], 'dtype'),
     (['--data_parallel=3'], 'data_parallel'),
@@ -323,15 +322,14 @@ def refusals(files, tmp_path_factory):
       {**TEMPLATE, 'answer_first': 'yes no'}))
   at = {'@bad': tmp / 'bad.jsonl', '@multi': tmp / 'multi.json',
         '@qwen3': files / 'qwen3'}
-  outs = [tmp / f'out{i}' for i in range(len(REFUSALS))]
-  cases = []
-  for out, (args, _) in zip(outs, REFUSALS):
+
+  def argv(out, args):
     given = [a.split('=')[0] + '=' + str(at.get(a.split('=', 1)[1],
                                                a.split('=', 1)[1]))
              for a in args]
-    cases.append(_args(files, out) + given)
-  return list(zip(run_cases('experiments.post_train', cases, tmp / 'driver',
-                            env=ENV), outs))
+    return _args(files, out) + given
+
+  return run_table('experiments.post_train', REFUSALS, tmp, argv, env=ENV)
 
 
 @pytest.mark.parametrize('index', range(len(REFUSALS)),
@@ -339,10 +337,4 @@ def refusals(files, tmp_path_factory):
                               enumerate(REFUSALS)])
 def test_binary_refuses_bad_input_before_any_work(refusals, index):
   outcome, out = refusals[index]
-  flag = REFUSALS[index][1]
-  assert outcome.returncode == 2, outcome.stderr[-2000:]
-  lines = outcome.lines()
-  assert lines == [lines[0]] and lines[0].startswith(f'error: --{flag}:'), \
-      outcome.stderr
-  assert outcome.stdout == ''
-  assert not out.exists()
+  assert_refused(outcome, f'error: --{REFUSALS[index][1]}:', out)

@@ -4,19 +4,12 @@ import numpy as np
 import pytest
 import scipy.optimize
 import scipy.special
+from helpers import random_preferences
 
 from nash_jax import reference
 
 RPS = np.array([[0.5, 1.0, 0.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.5]])
 BETAS = (1.0, 0.1, 0.01, 0.001)
-
-
-def random_preferences(rng, num_contexts, num_actions):
-  """``P(y > y') ~ U(0, 1)`` below the diagonal, ``P + P^T = 1`` exactly."""
-  lower = np.tril(rng.uniform(size=(num_contexts, num_actions, num_actions)),
-                  -1)
-  upper = np.triu(1 - np.swapaxes(lower, -1, -2), 1)
-  return lower + upper + 0.5 * np.eye(num_actions)
 
 
 def bradley_terry_preferences(rewards):

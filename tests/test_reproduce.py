@@ -9,7 +9,6 @@ check the figures' helpers against closed forms.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FAST_COMPILE, child_env
 
 from nash_jax import figures, reference, stability
 from nash_jax.figures import common, convergence, num_responses, sampled
@@ -29,17 +29,13 @@ ABSL_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
 TIMEOUT_S = 300
 
 
-# XLA's backend optimizations take most of a test-scale run's time; every
-# check below holds with a tolerance, not to the bit, so none depends on them.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-
-
 def _start(*args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE).strip())
+  # With FAST_COMPILE: every check below holds with a tolerance, not to the
+  # bit, so none depends on XLA's backend optimizations.
   return subprocess.Popen(
       [sys.executable, '-m', 'experiments.reproduce', *args], cwd=ROOT,
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      env=child_env(FAST_COMPILE, JAX_PLATFORMS='cpu'),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(process):

@@ -6,7 +6,6 @@ optimizations turned down (most of a tiny run's time is compilation); every
 check compares runs made under the same flags, so none depends on them.
 """
 
-import os
 import shutil
 import signal
 import subprocess
@@ -16,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST_COMPILE, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, XLA_FLAGS=(
-    os.environ.get('XLA_FLAGS', '') +
-    ' --xla_backend_optimization_level=0').strip())
+ENV = child_env(FAST_COMPILE)
 ARGS = ['--algorithm=omwu', '--num_actions=6', '--num_contexts=2',
         '--num_seeds=3', '--seed=2', '--init=random', '--eval_every=10']
 

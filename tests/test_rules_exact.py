@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_numpy_game
 
 from nash_jax import rules
 
@@ -19,12 +20,9 @@ from nash_jax import rules
 def _random_inputs(seed, num_contexts, num_actions):
   """Random preferences (``P + P^T = 1``), ``rho``, ``pi_ref`` and logits."""
   rng = np.random.default_rng(seed)
-  lower = np.tril(rng.uniform(size=(num_contexts, num_actions, num_actions)),
-                  -1)
-  preferences = (lower + np.triu(1 - np.swapaxes(lower, -1, -2), 1) +
-                 0.5 * np.eye(num_actions))
-  weights = rng.dirichlet(np.ones(num_contexts))
-  log_ref = np.log(rng.dirichlet(np.ones(num_actions), size=num_contexts))
+  preferences, weights, ref = random_numpy_game(rng, num_contexts,
+                                                num_actions)
+  log_ref = np.log(ref)
   logits = 2.0 * rng.normal(size=(num_contexts, num_actions))
   return logits, preferences, log_ref, weights
 

@@ -20,6 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+  assert_unbiased,
+  exact_nash_md,
+  exact_nash_prox,
+  exact_online_ipo,
+  exact_prox_pg,
+  exact_self_play,
+)
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import policies, reference, rules
@@ -28,22 +36,23 @@ from nash_jax.algorithms import (
   AlgorithmConfig,
   ConfigError,
 )
-from nash_jax.environments.tabular import ORACLES, make_tabular_environment
+from nash_jax.distributions import OUTCOMES
+from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.evaluation import TABULAR
-from nash_jax.games import generate_game, make_game, win_rates
+from nash_jax.games import generate_game, make_game
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup(AlgorithmConfig):
   """An algorithm's config with the policy and oracle settings that an
   experiment keeps beside it (policy class, initialization, MLP widths; the
-  tabular environment's oracle)."""
+  tabular environment's outcome kind)."""
 
   policy: str = 'tabular'
   init: str = 'ref'
   init_scale: float = 1.0
   hidden_sizes: tuple = (64, 64)
-  oracle: str = 'bernoulli'
+  outcome: str = 'bernoulli'
 
   def policy_config(self):
     return policies.PolicyConfig(self.policy, self.init, self.init_scale,
@@ -57,8 +66,8 @@ def resolve_config(name, config, num_contexts=1, feature_dim=1):
 
 def validate_config(name, config):
   policies.validate_policy_config(config.policy_config())
-  if config.oracle not in ORACLES:
-    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}')
+  if config.outcome not in OUTCOMES:
+    raise ConfigError('outcome', f'unknown outcome {config.outcome!r}')
   algorithms_lib.validate_config(name, config, config.policy)
 
 
@@ -66,7 +75,7 @@ def make_algorithm(name, config):
   """The algorithm with its policy class on the tabular environment."""
   return algorithms_lib.make_algorithm(
       name, config, policies.make_policy(config.policy_config()),
-      make_tabular_environment(config.oracle))
+      make_tabular_environment(config.outcome))
 
 
 def log_policy(algorithm, state, game):
@@ -120,90 +129,6 @@ def _batch_gradients(algorithm, state, game):
   return np.asarray(jax.jit(jax.vmap(gradient))(keys))
 
 
-def _assert_unbiased(samples, exact):
-  exact = np.asarray(exact).reshape(-1)
-  mean = samples.mean(axis=0)
-  stderr = samples.std(axis=0, ddof=1) / np.sqrt(len(samples))
-  assert np.all(np.abs(mean - exact) <= Z * stderr + 1e-12), (
-      mean, exact, stderr)
-  # The check has teeth: the standard error is small against the gradient.
-  assert np.max(stderr) < 0.1 * np.max(np.abs(exact))
-
-
-def _kl_rho(log_p, log_q, game):
-  return jnp.sum(game.context_weights *
-                 jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
-
-
-def _play(log_policy, log_opponent, game):
-  """``P(pi > sg opponent)``, differentiable in ``pi`` only."""
-  g = win_rates(game.preferences,
-                jax.lax.stop_gradient(jnp.exp(log_opponent)))
-  return jnp.sum(game.context_weights *
-                 jnp.sum(jnp.exp(log_policy) * g, axis=-1))
-
-
-def _exact_self_play(logits, game, beta=BETA):
-  """``-grad S``."""
-  return -jax.grad(rules.self_play_objective)(
-      logits, game.preferences, game.log_ref_policy, game.context_weights,
-      beta)
-
-
-def _exact_online_ipo(logits, game, beta=BETA):
-  return jax.grad(rules.online_ipo_loss)(
-      logits, game.preferences, game.log_ref_policy, game.context_weights,
-      beta)
-
-
-def _exact_nash_prox(logits, anchor_logits, game, beta=BETA, eta=ETA):
-  """Gradient of ``E_{x, y, y' ~ sg pi} (h - lambda (P - 1/2))^2`` (the
-  Bernoulli outcome only adds a constant)."""
-  kappa, lam = eta / (1 + eta), eta / (beta * (1 + eta))
-
-  def loss(logits):
-    log_pi = rules.normalize(logits)
-    log_anchor = rules.normalize(anchor_logits)
-    weights = jax.lax.stop_gradient(jnp.exp(log_pi))
-    diff = lambda v: v[:, :, None] - v[:, None, :]
-    h = (diff(log_pi) - kappa * diff(game.log_ref_policy) -
-         (1 - kappa) * diff(log_anchor))
-    per_pair = (h - lam * (game.preferences - 0.5)) ** 2
-    per_context = jnp.sum(weights[:, :, None] * weights[:, None, :] *
-                          per_pair, axis=(-1, -2))
-    return jnp.sum(game.context_weights * per_context)
-
-  return jax.grad(loss)(logits)
-
-
-def _exact_prox_pg(logits, opponent_logits, anchor_logits, game, beta=BETA,
-                   eta=ETA):
-  """``-grad [P(pi > opp) - beta KL(pi||pi_ref) - (beta/eta) KL(pi||pi_k)]``."""
-
-  def objective(logits):
-    log_pi = rules.normalize(logits)
-    return (_play(log_pi, rules.normalize(opponent_logits), game) -
-            beta * _kl_rho(log_pi, game.log_ref_policy, game) -
-            beta / eta * _kl_rho(log_pi, rules.normalize(anchor_logits),
-                                 game))
-
-  return -jax.grad(objective)(logits)
-
-
-def _exact_nash_md(logits, game, mixture, beta=BETA):
-  """``-grad [P(pi > sg pi^mu) - beta KL(pi||pi_ref)]``, ``pi^mu`` the
-  geometric mixture."""
-
-  def objective(logits):
-    log_pi = rules.normalize(logits)
-    log_mix = rules.geometric_mixture(jax.lax.stop_gradient(log_pi),
-                                      game.log_ref_policy, mixture)
-    return (_play(log_pi, log_mix, game) -
-            beta * _kl_rho(log_pi, game.log_ref_policy, game))
-
-  return -jax.grad(objective)(logits)
-
-
 def _gradient_config(**kwargs):
   return dict(dict(beta=BETA, learning_rate=1.0, optimizer='sgd',
                    batch_size=BATCH), **kwargs)
@@ -213,20 +138,20 @@ def _gradient_config(**kwargs):
 # Unbiasedness.
 
 
-@pytest.mark.parametrize('oracle', ['bernoulli', 'probability'])
+@pytest.mark.parametrize('oracle', OUTCOMES)
 def test_self_play_pg_batch_gradient_is_unbiased(oracle):
   game, logits = _gradient_game(), _logits(1)
-  algorithm = _algorithm('self_play_pg', **_gradient_config(oracle=oracle))
+  algorithm = _algorithm('self_play_pg', **_gradient_config(outcome=oracle))
   samples = _batch_gradients(algorithm, _state(algorithm, game, logits), game)
-  _assert_unbiased(samples, _exact_self_play(logits, game))
+  assert_unbiased(samples, exact_self_play(logits, game, BETA))
 
 
-@pytest.mark.parametrize('oracle', ['bernoulli', 'probability'])
+@pytest.mark.parametrize('oracle', OUTCOMES)
 def test_online_ipo_batch_gradient_is_unbiased(oracle):
   game, logits = _gradient_game(), _logits(2)
-  algorithm = _algorithm('online_ipo', **_gradient_config(oracle=oracle))
+  algorithm = _algorithm('online_ipo', **_gradient_config(outcome=oracle))
   samples = _batch_gradients(algorithm, _state(algorithm, game, logits), game)
-  _assert_unbiased(samples, _exact_online_ipo(logits, game))
+  assert_unbiased(samples, exact_online_ipo(logits, game, BETA))
 
 
 def test_online_ipo_is_minus_four_over_beta_times_self_play_pg():
@@ -239,14 +164,14 @@ def test_online_ipo_is_minus_four_over_beta_times_self_play_pg():
     algorithm = _algorithm(name, **_gradient_config())
     grads[name] = _batch_gradients(algorithm,
                                    _state(algorithm, game, logits), game)
-  exact = np.asarray(_exact_self_play(logits, game)).reshape(-1)
+  exact = np.asarray(exact_self_play(logits, game, BETA)).reshape(-1)
   np.testing.assert_allclose(
-      np.asarray(_exact_online_ipo(logits, game)).reshape(-1),
+      np.asarray(exact_online_ipo(logits, game, BETA)).reshape(-1),
       4 / BETA * exact, rtol=1e-10, atol=1e-12)
   ipo = grads['online_ipo'] * BETA / 4
   pg = grads['self_play_pg']
-  _assert_unbiased(ipo, exact)
-  _assert_unbiased(pg, exact)
+  assert_unbiased(ipo, exact)
+  assert_unbiased(pg, exact)
   stderr = np.sqrt(ipo.var(0, ddof=1) / len(ipo) + pg.var(0, ddof=1) /
                    len(pg))
   assert np.all(np.abs(ipo.mean(0) - pg.mean(0)) <= Z * stderr)
@@ -254,17 +179,19 @@ def test_online_ipo_is_minus_four_over_beta_times_self_play_pg():
   assert not np.allclose(ipo, pg)
 
 
-@pytest.mark.parametrize('oracle', ['bernoulli', 'probability'])
+@pytest.mark.parametrize('oracle', OUTCOMES)
 def test_nash_prox_batch_gradient_is_unbiased(oracle):
   game, logits, anchor = _gradient_game(), _logits(4), _logits(5)
   algorithm = _algorithm('nash_prox', **_gradient_config(eta=ETA,
-                                                         oracle=oracle))
+                                                         outcome=oracle))
   state = _state(algorithm, game, logits, anchor=anchor)
   samples = _batch_gradients(algorithm, state, game)
-  _assert_unbiased(samples, _exact_nash_prox(logits, anchor, game))
+  assert_unbiased(samples,
+                  exact_nash_prox(logits, anchor, game, BETA, ETA))
   # Negative control: the anchor matters (against pi_k = pi_theta).
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _exact_nash_prox(logits, logits, game))
+    assert_unbiased(samples,
+                    exact_nash_prox(logits, logits, game, BETA, ETA))
 
 
 @pytest.mark.parametrize('phase', ['first_half', 'second_half'])
@@ -284,12 +211,15 @@ def test_approx_nash_mp_batch_gradient_is_unbiased(phase):
   samples = _batch_gradients(algorithm, state, game)
   opponent, other = (anchor, half) if phase == 'first_half' else (half,
                                                                   anchor)
-  _assert_unbiased(samples, _exact_prox_pg(logits, opponent, anchor, game))
+  assert_unbiased(samples, exact_prox_pg(logits, opponent, anchor, game,
+                                         BETA, ETA))
   # Negative controls: the other opponent, or the prox centre left out.
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _exact_prox_pg(logits, other, anchor, game))
+    assert_unbiased(samples, exact_prox_pg(logits, other, anchor, game,
+                                           BETA, ETA))
   with pytest.raises(AssertionError):
-    _assert_unbiased(samples, _exact_prox_pg(logits, opponent, logits, game))
+    assert_unbiased(samples, exact_prox_pg(logits, opponent, logits, game,
+                                           BETA, ETA))
 
 
 @pytest.mark.parametrize('mixture', [0.0, 0.6])
@@ -299,14 +229,14 @@ def test_nash_md_pg_batch_gradient_is_unbiased(mixture):
   game, logits = _gradient_game(), _logits(9, scale=1.5)
   algorithm = _algorithm('nash_md_pg', **_gradient_config(mixture=mixture))
   samples = _batch_gradients(algorithm, _state(algorithm, game, logits), game)
-  exact = _exact_nash_md(logits, game, mixture)
-  _assert_unbiased(samples, exact)
+  exact = exact_nash_md(logits, game, mixture, BETA)
+  assert_unbiased(samples, exact)
   if mixture == 0:
-    np.testing.assert_allclose(exact, _exact_self_play(logits, game),
+    np.testing.assert_allclose(exact, exact_self_play(logits, game, BETA),
                                rtol=1e-10, atol=1e-12)
   else:  # Negative control: the mixture is not ignored.
     with pytest.raises(AssertionError):
-      _assert_unbiased(samples, _exact_self_play(logits, game))
+      assert_unbiased(samples, exact_self_play(logits, game, BETA))
 
 
 # --------------------------------------------------------------------------
@@ -393,7 +323,7 @@ def test_nash_prox_with_many_inner_steps_is_proximal_point():
   game = generate_game(jax.random.PRNGKey(0), 'random', 2, 4, 'random',
                        jnp.float64)
   config = _config('nash_prox', beta=beta, eta=eta, batch_size=256,
-                   oracle='probability', anchor='copy', anchor_every=inner,
+                   outcome='probability', anchor='copy', anchor_every=inner,
                    init='random')
   algorithm = make_algorithm('nash_prox', config.replace(
       learning_rate=4 * config.learning_rate))
@@ -616,7 +546,7 @@ def test_every_algorithm_with_every_policy_jits_vmaps_and_traces(name,
   assert log_pi.shape == (2,) + game.ref_policy.shape
   np.testing.assert_allclose(np.exp(log_pi).sum(-1), 1, atol=1e-12)
   # The policy left pi_ref, and the lanes differ.
-  assert np.max(np.abs(log_pi - game.log_ref_policy)) > 1e-4
+  assert np.max(np.abs(log_pi - game.log_ref_policy[None])) > 1e-4
   assert not np.allclose(log_pi[0], log_pi[1], atol=1e-6)
 
   if policy != 'tabular':
@@ -673,7 +603,7 @@ REFUSED = [
     ('nash_prox', dict(anchor_tau=1.5), 'anchor_tau'),
     ('nash_prox', dict(anchor_tau=NAN), 'anchor_tau'),
     ('nash_prox', dict(anchor='lazy'), 'anchor'),
-    ('online_ipo', dict(oracle='human'), 'oracle'),
+    ('online_ipo', dict(outcome='human'), 'outcome'),
     ('self_play_pg', dict(policy='transformer'), 'policy'),
     ('self_play_pg', dict(schedule='linear'), 'schedule'),
     ('self_play_pg', dict(schedule='cosine'), 'decay_steps'),

@@ -26,7 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import _assert_seed_equal
+from helpers import (
+  assert_seed_equal,
+  assert_seeds_equal_single_runs,
+  seed_games,
+)
 
 from nash_jax import (
   algorithms,
@@ -38,6 +42,7 @@ from nash_jax import (
 )
 from nash_jax.algorithms import AlgorithmConfig, ConfigError
 from nash_jax.games import generate_game
+from nash_jax.tasks import tabular, token_game
 
 NUM_SEEDS = 20  # Seeds 3..22: two blocks of 16, or twenty blocks of 1.
 FIRST_SEED = 3
@@ -80,10 +85,7 @@ def test_rule_refuses_unknown_values(args, match):
 
 
 def _setup(name, n, shared, num_contexts=2):
-  keys = jax.random.split(jax.random.PRNGKey(0), NUM_SEEDS)
-  games = jax.vmap(lambda k: generate_game(k, 'random', num_contexts, n,
-                                           'random', jnp.float64))(keys)
-  log_eq = jnp.full((NUM_SEEDS, num_contexts, n), -jnp.log(n))
+  keys, games, log_eq = seed_games(NUM_SEEDS, num_contexts, n)
   if shared:
     games, log_eq = jax.tree.map(lambda x: x[0], (games, log_eq))
   config = algorithms.resolve_config(name, AlgorithmConfig(beta=0.1),
@@ -108,7 +110,7 @@ def test_default_block_shared_game_seed_equals_single_run(name):
   sweep = _run(alg, keys, game, log_eq, FIRST_SEED, True)
   for i in (0, NUM_SEEDS - 1):
     single = _run(alg, keys[i:i + 1], game, log_eq, FIRST_SEED + i, True)
-    _assert_seed_equal(sweep, single, i)
+    assert_seed_equal(sweep, single, i)
   # The seeds differ (random initial policies), so the check has teeth.
   assert not np.array_equal(sweep[0].params[0], sweep[0].params[1])
 
@@ -118,11 +120,9 @@ def test_default_block_per_seed_games_seed_equals_single_run(name):
   assert seed_blocks.default_seed_block('cpu', False, N_BITS) > 1
   alg, keys, games, log_eq = _setup(name, N_BITS, shared=False)
   sweep = _run(alg, keys, games, log_eq, FIRST_SEED, False)
-  for i in (0, NUM_SEEDS - 1):
-    one = lambda x: x[i:i + 1]
-    single = _run(alg, one(keys), jax.tree.map(one, games), one(log_eq),
-                  FIRST_SEED + i, False)
-    _assert_seed_equal(sweep, single, i)
+  single = lambda k, g, e, i: _run(alg, k, g, e, FIRST_SEED + i, False)
+  assert_seeds_equal_single_runs(sweep, single, keys, games, log_eq,
+                                 (0, NUM_SEEDS - 1))
 
 
 def test_validate_resolves_the_default_block(tmp_path):
@@ -140,28 +140,28 @@ def test_validate_resolves_the_default_block(tmp_path):
   if platform == 'cpu':
     assert [block for _, block in cases] == [16, 16, 16, 1, 3]
   for i, (settings, block) in enumerate(cases):
-    base = experiment.ExperimentConfig(
+    base = tabular.TabularConfig(
         num_actions=6, num_seeds=3, checkpoint_every=0,
         output_dir=str(tmp_path / f'run{i}'), **settings)
-    config, _ = experiment.validate(base)
+    config, _ = experiment.validate(tabular.TASK, base)
     assert config.seed_block == block, settings
     # A sweep's cells resolve the block of their single runs.
-    cells, _ = experiment.validate_sweep(base, {'beta': [0.1, 0.2]})
+    cells, _ = experiment.validate_sweep(tabular.TASK, base, {'beta': [0.1, 0.2]})
     assert [c.seed_block for _, c in cells] == [block, block], settings
-  lm = experiment.validate_lm(experiment.LMConfig(
+  lm, _ = experiment.validate(token_game.TASK, token_game.TokenGameConfig(
       output_dir=str(tmp_path / 'lm'), checkpoint_every=0))
   assert lm.seed_block == rule(platform, True, None, 'sampled')
   with pytest.raises(ConfigError, match='^--seed_block: must be '
                      '>= 1, got 0$'):
-    experiment.validate(experiment.ExperimentConfig(
+    experiment.validate(tabular.TASK, tabular.TabularConfig(
         seed_block=0, output_dir=str(tmp_path / 'zero')))
 
 
 def test_config_json_records_the_chosen_block(tmp_path):
-  config, file_game = experiment.validate(experiment.ExperimentConfig(
+  config, file_game = experiment.validate(tabular.TASK, tabular.TabularConfig(
       game_seed=7, num_actions=4, num_seeds=2, num_steps=2, eval_every=1,
       checkpoint_every=0, output_dir=str(tmp_path)))
-  experiment.write_results(experiment.run(config, file_game,
+  experiment.write_results(experiment.run_one(tabular.TASK, config, file_game,
                                           log=lambda line: None))
   recorded = json.loads((tmp_path / 'config.json').read_text())
   assert recorded['seed_block'] == seed_blocks.default_seed_block(
@@ -191,23 +191,24 @@ def test_grouped_cells_on_a_shared_game_equal_their_single_runs():
       seed_block=4, group_size=group_size)
   sweep = run(jnp.concatenate([keys, keys]), log_eq, betas, 5, seeds)
   single = run(keys[2:], log_eq[5:], betas[5:], 7, None)
-  _assert_seed_equal(sweep, single, 5)
+  assert_seed_equal(sweep, single, 5)
   # The cells differ (beta), so the check has teeth.
   assert not np.array_equal(sweep[0].params[2], sweep[0].params[5])
 
 
 def test_sweep_cell_on_a_shared_game_equals_its_single_run(tmp_path):
-  base = experiment.ExperimentConfig(
+  base = tabular.TabularConfig(
       algorithm='nash_mp', game_seed=7, num_seeds=3, seed=5, num_actions=6,
       num_steps=20, eval_every=10, checkpoint_every=0, init='random',
       output_dir=str(tmp_path / 'sweep'))
-  cells, file_game = experiment.validate_sweep(base, {'beta': [0.1, 0.2]})
+  cells, file_game = experiment.validate_sweep(tabular.TASK, base, {'beta': [0.1, 0.2]})
   assert cells[0][1].seed_block > 1
-  sweep = experiment.run_sweep([c for _, c in cells], base.output_dir,
-                               file_game, log=lambda line: None)[1]
-  config, file_game = experiment.validate(base.replace(
+  sweep = experiment.run_task(tabular.TASK, [c for _, c in cells],
+                              file_game, base.output_dir,
+                              log=lambda line: None)[1]
+  config, file_game = experiment.validate(tabular.TASK, base.replace(
       beta=0.2, seed=7, num_seeds=1, output_dir=str(tmp_path / 'single')))
-  single = experiment.run(config, file_game, log=lambda line: None)
+  single = experiment.run_one(tabular.TASK, config, file_game, log=lambda line: None)
   np.testing.assert_array_equal(sweep.final_policy[2], single.final_policy[0])
   for a, b in zip(sweep.rows, single.rows):
     for k in a:

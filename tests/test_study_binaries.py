@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from refusals import run_cases
+from refusals import assert_refused, run_table
 
 from nash_jax import seed_blocks
 
@@ -60,18 +60,19 @@ def test_stability_study_writes_its_table_figure_and_cells(tmp_path):
     assert len(_rows(out / algorithm / 'sweep.csv')) == 2
 
 
+STABILITY_REFUSALS = [
+    (['--learning_rates=a,b'], '--learning_rates'),
+    (['--betas='], '--betas'),
+    (['--kl_threshold=0'], '--kl_threshold'),
+    (['--anchor_tau=2'], '--anchor_tau'),
+]
+
+
 def test_stability_study_refuses_bad_flags_before_any_work(tmp_path):
-  for flag, expected in (('--learning_rates=a,b', '--learning_rates'),
-                         ('--betas=', '--betas'),
-                         ('--kl_threshold=0', '--kl_threshold'),
-                         ('--anchor_tau=2', '--anchor_tau')):
-    out = tmp_path / flag.strip('-').split('=')[0]
-    result = _run('experiments.stability', flag, f'--output_dir={out}')
-    assert result.returncode == 2, (flag, result.stderr[-1000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'error: {expected}'), (
-        flag, lines)
-    assert not out.exists()
+  results = run_table('experiments.stability', STABILITY_REFUSALS, tmp_path,
+                      lambda out, args: [*args, f'--output_dir={out}'])
+  for (_, expected), (outcome, out) in zip(STABILITY_REFUSALS, results):
+    assert_refused(outcome, f'error: {expected}', out)
 
 
 def test_benchmarks_write_their_tables(tmp_path):
@@ -191,15 +192,11 @@ def benchmark_refusals(tmp_path_factory):
   file = tmp / 'file'
   file.write_text('')
   fill = lambda text: text.format(dir=tmp, file=file)
-  cases, expected = [], []
-  for i, (flag, line) in enumerate(BENCHMARK_REFUSALS):
-    args = [fill(flag)]
-    if not flag.startswith('--output'):
-      args.append(f'--output={tmp / f"out{i}" / "x.csv"}')
-    cases.append(args)
-    expected.append((fill(line), tmp / f'out{i}'))
-  outcomes = run_cases('experiments.benchmark', cases, tmp / 'driver')
-  return [(o, *e) for o, e in zip(outcomes, expected)]
+  argv = lambda out, flag: [fill(flag)] + (
+      [] if flag.startswith('--output') else [f'--output={out / "x.csv"}'])
+  results = run_table('experiments.benchmark', BENCHMARK_REFUSALS, tmp, argv)
+  return [(outcome, fill(line), out)
+          for (outcome, out), (_, line) in zip(results, BENCHMARK_REFUSALS)]
 
 
 @pytest.mark.parametrize('index', range(len(BENCHMARK_REFUSALS)),
@@ -207,11 +204,7 @@ def benchmark_refusals(tmp_path_factory):
 def test_benchmark_refuses_bad_flags_before_any_work(benchmark_refusals,
                                                      index):
   outcome, line, out = benchmark_refusals[index]
-  assert outcome.returncode == 2, outcome.stderr[-2000:]
-  lines = outcome.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: ' + line), lines
-  assert outcome.stdout == ''
-  assert not out.exists()
+  assert_refused(outcome, 'error: ' + line, out)
 
 
 def test_benchmark_help_lists_its_own_flags():

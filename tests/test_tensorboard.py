@@ -6,6 +6,7 @@ import numpy as np
 from tensorboardX.proto import event_pb2
 
 from nash_jax import experiment
+from nash_jax.tasks import tabular
 
 
 def _scalars(path):
@@ -24,12 +25,12 @@ def _scalars(path):
 
 
 def test_tensorboard_has_one_run_per_seed_matching_metrics(tmp_path):
-  config = experiment.ExperimentConfig(
+  config = tabular.TabularConfig(
       algorithm='omd', num_actions=5, num_seeds=2, seed=3, num_steps=20,
       eval_every=10, init='random', tensorboard=True, checkpoint_every=0,
       output_dir=str(tmp_path))
-  config, file_game = experiment.validate(config)
-  results = experiment.run(config, file_game, log=lambda line: None)
+  config, file_game = experiment.validate(tabular.TASK, config)
+  results = experiment.run_one(tabular.TASK, config, file_game, log=lambda line: None)
   boards = sorted(p.name for p in (tmp_path / 'tensorboard').iterdir())
   assert boards == ['seed_3', 'seed_4']
   for i, seed in enumerate((3, 4)):

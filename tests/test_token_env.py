@@ -1,4 +1,4 @@
-"""The listable token environment (nash_jax/environments/tokens.py): the
+"""The listable token environment (nash_jax/environments/tokens/): the
 listing, the oracle's exact antisymmetry and Condorcet cycle, the tensor
 against per-pair calls, sampled outcomes and contexts against their
 probabilities (with negative controls), listed log-probabilities of stand-in
@@ -21,12 +21,6 @@ from nash_jax.games.files import load_game
 SPEC = T.TokenEnvSpec()
 V, L = SPEC.vocab_size, SPEC.max_length
 Z = 5.0  # tolerance in standard errors (fixed seeds: no flakiness)
-
-
-@pytest.fixture(autouse=True)
-def _no_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
 
 
 # ------------------------------------------------------ stand-in policies

@@ -4,10 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+  assert_seed_equal,
+  assert_seeds_equal_single_runs,
+  seed_games,
+)
 
 from nash_jax import algorithms, evaluation, policies, train
 from nash_jax.algorithms import AlgorithmConfig
-from nash_jax.games import generate_game
 
 NUM_SEEDS = 5
 POLICY = policies.make_tabular('random')
@@ -15,10 +19,7 @@ FIRST_SEED = 3
 
 
 def _setup(name, num_contexts=2, n=9, beta=0.1):
-  keys = jax.random.split(jax.random.PRNGKey(0), NUM_SEEDS)
-  games = jax.vmap(lambda k: generate_game(k, 'random', num_contexts, n,
-                                           'random', jnp.float64))(keys)
-  log_eq = jnp.full((NUM_SEEDS, num_contexts, n), -jnp.log(n))
+  keys, games, log_eq = seed_games(NUM_SEEDS, num_contexts, n)
   config = algorithms.resolve_config(
       name, AlgorithmConfig(beta=beta), num_contexts)
   if name == 'proximal_point':
@@ -33,16 +34,6 @@ def _run(alg, keys, games, log_eq, first_seed, seed_block, shared=False,
                      seed_block=seed_block)
 
 
-def _assert_seed_equal(sweep, single, i):
-  (s_state, s_rows), (o_state, o_rows) = sweep, single
-  assert len(s_rows) == len(o_rows)
-  for a, b in zip(s_rows, o_rows):
-    for k in a:
-      np.testing.assert_array_equal(a[k][i], b[k][0], err_msg=k)
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[i], y[0]),
-               s_state, o_state)
-
-
 CASES = [(name, 1) for name in algorithms.ALGORITHM_NAMES] + [
     ('omwu', 4), ('nash_md', 4), ('online_ipo', 4)]
 
@@ -51,11 +42,9 @@ CASES = [(name, 1) for name in algorithms.ALGORITHM_NAMES] + [
 def test_sweep_seed_is_bit_identical_to_single_run(name, seed_block):
   alg, keys, games, log_eq = _setup(name)
   sweep = _run(alg, keys, games, log_eq, FIRST_SEED, seed_block)
-  for i in (0, NUM_SEEDS - 1):
-    one = lambda x: x[i:i + 1]
-    single = _run(alg, one(keys), jax.tree.map(one, games), one(log_eq),
-                  FIRST_SEED + i, seed_block)
-    _assert_seed_equal(sweep, single, i)
+  single = lambda k, g, e, i: _run(alg, k, g, e, FIRST_SEED + i, seed_block)
+  assert_seeds_equal_single_runs(sweep, single, keys, games, log_eq,
+                                 (0, NUM_SEEDS - 1))
 
 
 def test_shared_game_sweep_is_bit_identical_to_single_run():
@@ -64,7 +53,7 @@ def test_shared_game_sweep_is_bit_identical_to_single_run():
   sweep = _run(alg, keys, game, log_eq[0], FIRST_SEED, 1, shared=True)
   single = _run(alg, keys[2:3], game, log_eq[0], FIRST_SEED + 2, 1,
                 shared=True)
-  _assert_seed_equal(sweep, single, 2)
+  assert_seed_equal(sweep, single, 2)
   # Seeds differ through their random initial policy.
   assert not np.array_equal(sweep[0].params[0], sweep[0].params[1])
 

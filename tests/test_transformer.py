@@ -34,12 +34,6 @@ TEMPERATURE = 0.8
 _VARIANTS = (lambda f: f, jax.jit)
 
 
-@pytest.fixture(autouse=True)
-def _no_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def _contexts(repeats=1):
   tokens = np.repeat(PROMPTS, repeats, axis=0)
   return TokenContexts(jnp.asarray(np.repeat(np.arange(3), repeats)),

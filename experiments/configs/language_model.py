@@ -20,7 +20,7 @@ def get_config(scale: str) -> dict:
       'vocab_size': 3, 'max_length': 3, 'num_prompts': 2,
       'd_model': 32, 'num_layers': 2, 'num_heads': 2, 'num_kv_heads': 1,
       'mlp_dim': 64, 'model_seed': 0, 'sft_steps': 0,
-      'batch_size': 32, 'oracle': 'probability', 'num_seeds': 4, 'seed': 0,
+      'batch_size': 32, 'outcome': 'probability', 'num_seeds': 4, 'seed': 0,
       'optimizer': 'adam', 'query_budget': 12_800, 'evaluations': 8,
       'stability': {
           'algorithms': ['online_ipo', 'nash_prox'],

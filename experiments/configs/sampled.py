@@ -23,7 +23,7 @@ def get_config(scale: str) -> dict:
                      'approx_nash_mp'],
       'policies': ['loglinear', 'mlp'],
       'batch_size': 64,
-      'oracle': 'bernoulli',
+      'outcome': 'bernoulli',
       'num_seeds': 8,
       'seed': 0,
       'query_budget': 200_000,

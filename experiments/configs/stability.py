@@ -20,7 +20,7 @@ def get_config(scale: str) -> dict:
       'betas': [0.1, 0.03, 0.01],
       'learning_rates': [0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
       'batch_size': 64,
-      'oracle': 'bernoulli',
+      'outcome': 'bernoulli',
       'num_seeds': 16,
       'seed': 0,
       'query_budget': 200_000,

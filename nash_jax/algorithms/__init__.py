@@ -66,9 +66,22 @@ def _nash_md_eta(beta):
   return min(_mirror_eta(beta), 0.0025 / beta) if beta > 0 else 0.1
 
 
+# Kinds of run (nash_jax.tasks): a tabular game, the listable token game, a
+# Hugging Face checkpoint with prompts and a judge.
+RUN_KINDS = ('tabular', 'token_game', 'post_train')
+# Settings of the parameter-space methods (optax).
+OPTIMIZER_SETTINGS = ('learning_rate', 'optimizer', 'max_grad_norm',
+                      'schedule', 'decay_steps')
+# Settings a compiled step can take as runtime values (so that a sweep over
+# them is one compiled call); each algorithm lists those it reads.
+RUNTIME_SETTINGS = ('beta', 'eta', 'learning_rate', 'inner_eta', 'anchor_tau',
+                    'mixture')
+
+
 @dataclasses.dataclass(frozen=True)
 class AlgorithmSpec:
-  """What the registry knows of an algorithm.
+  """What the registry knows of an algorithm: everything a run needs to
+  build, default, validate and sweep it, declared in one entry.
 
   Attributes:
     make: ``(config, policy, env) -> Algorithm`` (the exact algorithms
@@ -76,90 +89,142 @@ class AlgorithmSpec:
     default_eta: beta -> default eta (None: the algorithm has no eta).
     max_eta_beta: largest valid ``eta * beta`` (None: no such limit).
     needs_positive_beta: refuses ``beta = 0``.
-    parameter_space: uses ``learning_rate`` and ``optimizer``.
+    parameter_space: uses ``learning_rate`` and ``optimizer`` (and the
+      other :data:`OPTIMIZER_SETTINGS`).
     queries_per_step: documentation of the query accounting.
+    settings: the :class:`AlgorithmConfig` fields it reads besides
+      ``beta``, ``eta`` (with ``default_eta``), the optimizer's (with
+      ``parameter_space``) and ``batch_size`` (sampled mode).
+    runs: the kinds of run (:data:`RUN_KINDS`) it can run in.
+    default_inner_steps: the default of ``inner_steps`` (None: not read).
+    ipo_form: its loss is an IPO regression (gradients ``4 / beta`` times
+      a policy gradient's), so its default sgd rate is ``beta / 4`` times
+      smaller.
+    sampled: an algorithm of the sampled mode.
+    needs_reward_model: ``make`` also takes a
+      :class:`~nash_jax.algorithms.reward_based.RewardModel`.
   """
-
   make: Callable[[AlgorithmConfig, Policy, Environment | None], Algorithm]
   default_eta: Callable[[float], float] | None
   max_eta_beta: float | None
   needs_positive_beta: bool
   parameter_space: bool
   queries_per_step: str
+  settings: tuple[str, ...] = ()
+  runs: tuple[str, ...] = ('tabular',)
+  default_inner_steps: int | None = None
+  ipo_form: bool = False
+  sampled: bool = False
+  needs_reward_model: bool = False
+
+  @property
+  def reads(self) -> frozenset:
+    """Every :class:`AlgorithmConfig` field the algorithm reads."""
+    return frozenset(
+        ('beta', 'mode') + (('eta',) if self.default_eta else ()) +
+        (OPTIMIZER_SETTINGS if self.parameter_space else ()) +
+        (('batch_size',) if self.sampled else ()) +
+        (('inner_steps',) if self.default_inner_steps is not None else ()) +
+        self.settings)
+
+  @property
+  def sweepable(self) -> tuple[str, ...]:
+    """The settings it reads that a sweep may vary (runtime values of the
+    compiled step), in :data:`RUNTIME_SETTINGS` order."""
+    return tuple(k for k in RUNTIME_SETTINGS if k in self.reads)
 
 
-def _exact(make):
-  return lambda config, policy, env=None: make(config, policy)
+def _exact(make, default_eta, max_eta_beta, needs_positive_beta,
+           parameter_space, queries, **kw) -> AlgorithmSpec:
+  return AlgorithmSpec(lambda config, policy, env=None: make(config, policy),
+                       default_eta, max_eta_beta, needs_positive_beta,
+                       parameter_space, queries, **kw)
 
 
 _one_over_beta = lambda b: min(1.0, 1 / b) if b > 0 else 1.0
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    'omd': AlgorithmSpec(_exact(policy_space.make_omd), _mirror_eta, 1.0,
-                         False, False, '1'),
-    'mmd': AlgorithmSpec(_exact(policy_space.make_mmd), _mirror_eta, None,
-                         False, False, '1'),
-    'omwu': AlgorithmSpec(_exact(policy_space.make_omwu), _one_over_beta, 1.0,
-                          False, False, '1'),
-    'extragradient': AlgorithmSpec(_exact(policy_space.make_extragradient),
-                                   _one_over_beta, 1.0, False, False, '2'),
-    'nash_md': AlgorithmSpec(_exact(policy_space.make_nash_md), _nash_md_eta,
-                             1.0, False, False, '1'),
-    'sppo': AlgorithmSpec(_exact(policy_space.make_sppo), lambda b: 1.0, None,
-                          False, False, '1'),
-    'proximal_point': AlgorithmSpec(
-        _exact(policy_space.make_proximal_point), lambda b: 1.0, None, True,
-        False, 'inner steps (+1 at the anchor when solving to a tolerance)'),
-    'nash_mp': AlgorithmSpec(_exact(policy_space.make_nash_mp),
-                             lambda b: 2 * b, None, True, False, '2'),
-    'self_play_pg': AlgorithmSpec(_exact(softmax_pg.make_self_play_pg), None,
-                                  None, False, True, '1'),
-    'online_ipo': AlgorithmSpec(_exact(softmax_pg.make_online_ipo), None,
-                                None, True, True, '1'),
-}
+_PROXIMAL_POINT = ('inner_tolerance', 'max_inner_steps', 'inner_eta')
 
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    'omd': _exact(policy_space.make_omd, _mirror_eta, 1.0, False, False, '1'),
+    'mmd': _exact(policy_space.make_mmd, _mirror_eta, None, False, False,
+                  '1'),
+    'omwu': _exact(policy_space.make_omwu, _one_over_beta, 1.0, False, False,
+                   '1'),
+    'extragradient': _exact(policy_space.make_extragradient, _one_over_beta,
+                            1.0, False, False, '2'),
+    'nash_md': _exact(policy_space.make_nash_md, _nash_md_eta, 1.0, False,
+                      False, '1'),
+    'sppo': _exact(policy_space.make_sppo, lambda b: 1.0, None, False, False,
+                   '1'),
+    'proximal_point': _exact(
+        policy_space.make_proximal_point, lambda b: 1.0, None, True, False,
+        'inner steps (+1 at the anchor when solving to a tolerance)',
+        settings=_PROXIMAL_POINT, default_inner_steps=0),
+    'nash_mp': _exact(policy_space.make_nash_mp, lambda b: 2 * b, None, True,
+                      False, '2'),
+    'self_play_pg': _exact(softmax_pg.make_self_play_pg, None, None, False,
+                           True, '1'),
+    'online_ipo': _exact(softmax_pg.make_online_ipo, None, None, True, True,
+                         '1', ipo_form=True),
+}
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
-def _sampled(name):
-  return lambda config, policy, env: sampled.SAMPLED_MAKERS[name](
-      config, policy, env)
+def _sampled(make, default_eta, needs_positive_beta, queries, **kw
+             ) -> AlgorithmSpec:
+  return AlgorithmSpec(make, default_eta, None, needs_positive_beta, True,
+                       queries, sampled=True, **kw)
 
 
+_EVERYWHERE = RUN_KINDS
+_OFFLINE = ('offline_pairs',)
 # Sampled mode: every comparison is one query, batch_size per step.
 SAMPLED_ALGORITHMS: dict[str, AlgorithmSpec] = {
-    'online_ipo': AlgorithmSpec(_sampled('online_ipo'), None, None, True,
-                                True, 'batch_size'),
-    'self_play_pg': AlgorithmSpec(_sampled('self_play_pg'), None, None, False,
-                                  True, 'batch_size'),
-    'nash_prox': AlgorithmSpec(_sampled('nash_prox'), lambda b: 1.0, None,
-                               True, True, 'batch_size'),
-    'approx_nash_mp': AlgorithmSpec(_sampled('approx_nash_mp'),
-                                    lambda b: 2 * b, None, True, True,
-                                    'batch_size'),
-    'nash_md_pg': AlgorithmSpec(_sampled('nash_md_pg'), None, None, False,
-                                True, 'batch_size'),
+    'online_ipo': _sampled(sampled.make_online_ipo, None, True, 'batch_size',
+                           runs=_EVERYWHERE, ipo_form=True),
+    'self_play_pg': _sampled(sampled.make_self_play_pg, None, False,
+                             'batch_size', runs=_EVERYWHERE),
+    'nash_prox': _sampled(sampled.make_nash_prox, lambda b: 1.0, True,
+                          'batch_size', runs=_EVERYWHERE, ipo_form=True,
+                          settings=('anchor', 'anchor_every', 'anchor_tau')),
+    'approx_nash_mp': _sampled(sampled.make_approx_nash_mp, lambda b: 2 * b,
+                               True, 'batch_size', runs=_EVERYWHERE,
+                               default_inner_steps=10),
+    'nash_md_pg': _sampled(sampled.make_nash_md_pg, None, False, 'batch_size',
+                           runs=_EVERYWHERE, settings=('mixture',)),
+    # Reward-based and offline baselines: offline_pairs queries at init,
+    # none after (reward_based.py). bt_rlhf needs a reward model, which a
+    # checkpoint run does not have.
+    'bt_rlhf': _sampled(reward_based.make_bt_rlhf, None, True,
+                        'offline_pairs at init, 0 per step',
+                        runs=('tabular', 'token_game'),
+                        needs_reward_model=True,
+                        settings=_OFFLINE + ('reward_steps',
+                                             'reward_learning_rate')),
+    'dpo': _sampled(reward_based.make_dpo, None, True,
+                    'offline_pairs at init, 0 per step', runs=_EVERYWHERE,
+                    settings=_OFFLINE),
+    'offline_ipo': _sampled(reward_based.make_offline_ipo, None, True,
+                            'offline_pairs at init, 0 per step',
+                            runs=_EVERYWHERE, ipo_form=True,
+                            settings=_OFFLINE),
 }
-
 # The sampled NLHF algorithms (every step asks batch_size queries).
-SAMPLED_ALGORITHM_NAMES = tuple(SAMPLED_ALGORITHMS)
-# Reward-based and offline baselines: offline_pairs queries at init, none
-# after (reward_based.py).
-SAMPLED_ALGORITHMS.update({
-    'bt_rlhf': AlgorithmSpec(reward_based.make_bt_rlhf, None, None, True,
-                             True, 'offline_pairs at init, 0 per step'),
-    'dpo': AlgorithmSpec(reward_based.make_dpo, None, None, True, True,
-                         'offline_pairs at init, 0 per step'),
-    'offline_ipo': AlgorithmSpec(reward_based.make_offline_ipo, None, None,
-                                 True, True,
-                                 'offline_pairs at init, 0 per step'),
-})
+SAMPLED_ALGORITHM_NAMES = tuple(k for k in SAMPLED_ALGORITHMS
+                                if k not in reward_based.REWARD_BASED_MAKERS)
 # The baselines, which learn from a fixed dataset of pi_ref comparisons.
 REWARD_BASED_NAMES = tuple(reward_based.REWARD_BASED_MAKERS)
 ALL_ALGORITHM_NAMES = tuple(dict.fromkeys(ALGORITHM_NAMES +
                                           tuple(SAMPLED_ALGORITHMS)))
 
 
-def _spec(name, mode='exact') -> AlgorithmSpec:
+def spec_of(name: str, mode: str = 'exact') -> AlgorithmSpec:
+  """The registry entry of algorithm ``name`` in ``mode``.
+
+  Raises:
+    ConfigError: naming ``--mode`` (the algorithm runs in the other mode)
+      or ``--algorithm`` (no such algorithm).
+  """
   if mode not in MODES:
     raise ConfigError('mode', f'unknown mode {mode!r}; expected one of '
                       f'{", ".join(MODES)}')
@@ -192,7 +257,7 @@ def default_learning_rate(name, beta, optimizer, num_contexts):
   if optimizer == 'adam':
     return 0.001
   lr = num_contexts / (beta + 0.25)
-  return lr * beta / 4 if name == 'online_ipo' else lr
+  return lr * beta / 4 if ALGORITHMS[name].ipo_form else lr
 
 
 def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
@@ -221,7 +286,7 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
     return 1e-4 if policy == 'transformer' else 0.003
   scale = num_contexts if policy == 'tabular' else 1 / max(feature_dim, 1)
   lr = scale / (4 * (beta + 0.25))
-  if name in ('online_ipo', 'nash_prox', 'offline_ipo'):
+  if SAMPLED_ALGORITHMS[name].ipo_form:
     lr *= beta / 4
   return lr
 
@@ -243,12 +308,11 @@ def resolve_config(name: str, config: AlgorithmConfig,
   A ``beta`` that :func:`validate_config` will refuse (negative or not finite)
   gets no defaults, so that the refusal names ``--beta``.
   """
-  spec = _spec(name, config.mode)
+  spec = spec_of(name, config.mode)
   if config.optimizer is None and spec.parameter_space:
     config = config.replace(optimizer=default_optimizer(config, policy))
-  if config.inner_steps is None and name in ('proximal_point',
-                                             'approx_nash_mp'):
-    config = config.replace(inner_steps=0 if config.mode == 'exact' else 10)
+  if config.inner_steps is None and spec.default_inner_steps is not None:
+    config = config.replace(inner_steps=spec.default_inner_steps)
   if not (math.isfinite(config.beta) and config.beta >= 0):
     return config
   updates = {}
@@ -318,7 +382,7 @@ def validate_config(name: str, config: AlgorithmConfig,
                     policy: str = 'tabular') -> None:
   """Raises :class:`ConfigError` for settings ``name`` cannot run with
   (``policy``: the name of the policy class it will be given)."""
-  spec = _spec(name, config.mode)
+  spec = spec_of(name, config.mode)
   if config.mode == 'exact' and policy != 'tabular':
     raise ConfigError('policy', f'{policy} policies need --mode='
                       'sampled (the exact mode updates tabular policies)')
@@ -387,8 +451,8 @@ def make_algorithm(name: str, config: AlgorithmConfig, policy: Policy,
   over a tabular game's responses)."""
   if config.mode == 'sampled' and env is None:
     raise ValueError('a sampled algorithm needs an environment')
-  spec = _spec(name, config.mode)
-  if config.mode == 'sampled' and name == 'bt_rlhf':
+  spec = spec_of(name, config.mode)
+  if spec.needs_reward_model:
     return spec.make(config, policy, env, reward_model)
   return spec.make(config, policy, env)
 
@@ -399,5 +463,6 @@ __all__ = [
     'SampledState', 'SHARED_PARAMETER_POLICIES',
     'SAMPLED_ALGORITHMS', 'SAMPLED_ALGORITHM_NAMES', 'make_algorithm',
     'resolve_config', 'validate_config', 'default_learning_rate',
-    'default_sampled_learning_rate', 'REWARD_BASED_NAMES',
+    'default_sampled_learning_rate', 'REWARD_BASED_NAMES', 'RUN_KINDS',
+    'OPTIMIZER_SETTINGS', 'RUNTIME_SETTINGS', 'spec_of',
 ]

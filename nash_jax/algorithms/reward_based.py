@@ -1,5 +1,5 @@
 """Reward-based and offline baselines through the same policy and trainer
-(ALGORITHMS.md section 6; issue 10, item 3).
+(ALGORITHMS.md section 6).
 
 What NLHF is compared with. All three learn from one fixed dataset of
 ``offline_pairs`` (``Q``) labelled comparisons collected at ``init`` from

@@ -13,11 +13,10 @@ from __future__ import annotations
 import chex
 import jax.numpy as jnp
 
+from nash_jax.distributions import check_outcome
 from nash_jax.environments.core import Environment, TabularContexts
 from nash_jax.games import oracle as oracle_lib
 from nash_jax.games.core import Game
-
-ORACLES = ('bernoulli', 'probability')
 
 
 def context_data(game: Game, index: chex.Array) -> TabularContexts:
@@ -38,8 +37,7 @@ def make_tabular_environment(oracle: str = 'bernoulli') -> Environment:
   """The tabular game with the given oracle (``bernoulli`` or
   ``probability``; see :func:`nash_jax.games.oracle.preference_outcomes`).
   """
-  if oracle not in ORACLES:
-    raise ValueError(f'unknown oracle {oracle!r}; expected one of {ORACLES}')
+  check_outcome(oracle, 'oracle')
 
   def contexts(game: Game, key, batch_size: int) -> TabularContexts:
     return context_data(game, oracle_lib.sample_contexts(key, game,

@@ -1,6 +1,5 @@
 """A text environment: prompts from a file, responses of a pretrained
-tokenizer's vocabulary, a preference oracle that is a model (issue 10,
-item 6).
+tokenizer's vocabulary, a preference oracle that is a model.
 
 Nothing here can be listed: responses are sequences of up to ``L`` tokens
 of a vocabulary of ``~10^5``. So the environment has no ``log_policy`` and
@@ -26,14 +25,11 @@ from typing import Any, Callable
 
 import chex
 import flax.struct
-import jax
 import jax.numpy as jnp
 
+from nash_jax.distributions import check_outcome, sample_outcome
 from nash_jax.environments import tokens as tokens_lib
 from nash_jax.environments.core import Environment, TokenContexts
-from nash_jax.errors import ConfigError
-
-ORACLES = ('bernoulli', 'probability')
 
 
 @flax.struct.dataclass
@@ -62,7 +58,7 @@ class TextEnvParams:
 def text_env_params(contexts: TokenContexts, reference: Any,
                     oracle: Any, dtype=jnp.float32) -> TextEnvParams:
   """The environment's data from encoded prompts
-  (:func:`nash_jax.policies.hf.encode_prompts`), uniform ``rho``."""
+  (:func:`nash_jax.hf.encode_prompts`), uniform ``rho``."""
   num_x = contexts.tokens.shape[0]
   return TextEnvParams(
       prompts=jnp.asarray(contexts.tokens, jnp.int32),
@@ -80,18 +76,16 @@ def make_text_environment(ref_log_prob_fn: Callable,
     ref_log_prob_fn: ``(reference_params, x, y) -> [B]``, ``log
       pi_ref(y|x)``.
     probability_fn: ``(oracle_params, x, y, y_prime) -> [B]``, ``P(y > y'
-      | x)`` (e.g. :func:`nash_jax.preference_models.make_judge`'s
+      | x)`` (e.g. :func:`nash_jax.oracles.make_judge`'s
       ``probability``).
     oracle: ``'bernoulli'`` (``o ~ Bernoulli(P)``) or ``'probability'``
-      (``o = P``).
+      (``o = P``; :func:`nash_jax.distributions.sample_outcome`).
 
   Returns:
     An :class:`~nash_jax.environments.core.Environment` over
     :class:`TextEnvParams` with ``log_policy`` and ``game`` ``None``.
   """
-  if oracle not in ORACLES:
-    raise ConfigError('oracle', f'unknown oracle {oracle!r}; expected one '
-                      f'of {ORACLES}')
+  check_outcome(oracle, 'oracle')
 
   def ref_log_prob(env_params: TextEnvParams, x: TokenContexts, y):
     return ref_log_prob_fn(env_params.reference, x, y)
@@ -99,9 +93,7 @@ def make_text_environment(ref_log_prob_fn: Callable,
   def outcomes(env_params: TextEnvParams, key, x: TokenContexts, y,
                y_prime):
     prob = probability_fn(env_params.oracle, x, y, y_prime)
-    if oracle == 'probability':
-      return prob
-    return jax.random.bernoulli(key, prob).astype(prob.dtype)
+    return sample_outcome(key, prob, oracle)
 
   return Environment(name='text', contexts=tokens_lib.sample_contexts,
                      all_contexts=tokens_lib.all_contexts,

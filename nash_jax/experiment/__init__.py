@@ -1,75 +1,50 @@
-"""One tabular experiment: settings in, result files out.
+"""The run kit: what every kind of run shares, knowing nothing of games,
+tokens or checkpoints.
 
-The library side of ``experiments/matrix_game.py`` and
-``experiments/compare.py`` (the binaries only parse flags), one module per
-stage, each importing only earlier ones:
+A kind of run (:mod:`nash_jax.tasks`) is described once by a
+:class:`~nash_jax.experiment.task.Task`; the kit runs it:
 
-* :mod:`~nash_jax.experiment.config`: the composed settings schema
-  (:class:`ExperimentConfig`) and :func:`validate`, which checks every
-  setting (and reads the game file) before any work;
-* :mod:`~nash_jax.experiment.inputs`: the games, their exact references and
-  the algorithm built from its config, policy and environment;
-* :mod:`~nash_jax.experiment.sweep`: grids of hyperparameters;
-* :mod:`~nash_jax.experiment.results`: the documented result files, written
-  atomically (``summary.json`` last);
-* :mod:`~nash_jax.experiment.run`: :func:`run` and :func:`run_sweep`, every
-  seed (and cell) in one compiled call per evaluation chunk.
+* :mod:`~nash_jax.experiment.task`: :class:`Task`, :class:`RunPlan` and the
+  settings every run has (:class:`RunConfig`, :class:`OutcomeConfig`);
+* :mod:`~nash_jax.experiment.checks`: :func:`validate` (the shared checks,
+  then the task's) and the public checks every task uses;
+* :mod:`~nash_jax.experiment.sweep`: grids of runtime values,
+  :func:`validate_sweep`;
+* :mod:`~nash_jax.experiment.results`: the documented result files, one
+  writer (``summary.json`` last), one ``samples.jsonl`` writer;
+* :mod:`~nash_jax.experiment.run`: :func:`run_task`, the one run skeleton
+  (every cell and seed in one compiled call per evaluation chunk,
+  checkpoints, preemption, bit-exact resume).
 
-The same stages serve language-model runs (``experiments/lm.py``):
-:class:`LMConfig` and :func:`validate_lm`, the reference transformer and
-the token game in ``inputs``, :func:`write_lm_results`, :func:`run_lm`.
+Files are written through :mod:`nash_jax.io` (atomic writes, CSV, JSON,
+the output lock).
 """
 
-from nash_jax.experiment.config import (
-  DTYPES,
-  GAMES,
-  LM_SWEEPABLE,
+from nash_jax.experiment.checks import (
   MAX_SEED,
-  SWEEPABLE,
-  ExperimentConfig,
-  GameConfig,
-  LMConfig,
-  ModelConfig,
-  OracleConfig,
-  RunConfig,
-  SampleLogConfig,
-  TokenGameConfig,
   check_output_dir,
   check_used,
-  hyperparameters,
-  lm_hyperparameters,
+  format_bytes,
+  memory_limits,
   unused_by,
   validate,
-  validate_lm,
-)
-from nash_jax.experiment.inputs import (
-  algorithm_maker,
-  build_games,
-  equilibria,
-  prepare,
-  seed_keys,
-  shares_game,
 )
 from nash_jax.experiment.results import (
-  LMResults,
-  OutputLock,
   Results,
-  atomic_write,
-  disk_full,
-  disk_full_line,
   format_table,
-  lock_output_dir,
   manifest,
   metric_columns,
   summary,
-  write_csv,
-  write_json,
-  write_lm_results,
-  write_npy,
   write_results,
+  write_samples,
   write_sweep_table,
 )
-from nash_jax.experiment.run import run, run_lm, run_sweep
+from nash_jax.experiment.run import (
+  run_cost,
+  run_task,
+  seed_keys,
+  train_recorded,
+)
 from nash_jax.experiment.sweep import (
   cell_name,
   check_distinct,
@@ -77,6 +52,16 @@ from nash_jax.experiment.sweep import (
   parse_sweep,
   sweep_cells,
   sweep_checkpoint_config,
-  validate_lm_sweep,
   validate_sweep,
 )
+from nash_jax.experiment.task import OutcomeConfig, RunConfig, RunPlan, Task
+
+__all__ = [
+    'MAX_SEED', 'OutcomeConfig', 'Results', 'RunConfig', 'RunPlan', 'Task',
+    'cell_name', 'check_distinct', 'check_output_dir', 'check_used',
+    'format_bytes', 'format_table', 'format_value', 'manifest',
+    'memory_limits', 'metric_columns', 'parse_sweep', 'run_cost', 'run_one', 'run_task',
+    'seed_keys', 'summary', 'sweep_cells', 'sweep_checkpoint_config',
+    'train_recorded', 'unused_by', 'validate', 'validate_sweep',
+    'write_results', 'write_samples', 'write_sweep_table',
+]

@@ -1,12 +1,13 @@
-"""Running a tabular experiment (last stage of :mod:`nash_jax.experiment`):
-games and references in, every seed (and every cell of a sweep) trained in
-one compiled call per evaluation chunk, with progress lines, streamed
-metrics, checkpoints and bit-exact resume.
+"""The run skeleton of every kind of run: validated configs in, every seed
+(and every cell of a sweep) trained in one compiled call per evaluation
+chunk, with progress lines, streamed metrics, checkpoints, preemption and
+bit-exact resume (:func:`run_task`, :func:`train_recorded`), and what a
+run cost (:func:`run_cost`).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import resource
 import signal
 import sys
@@ -15,81 +16,18 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nash_jax import checkpoint as checkpoint_lib
-from nash_jax import evaluation
 from nash_jax import train as train_lib
-from nash_jax.environments import tokens as tokens_lib
-from nash_jax.experiment.config import (
-  ExperimentConfig,
-  data_parallel_of,
-  hyperparameters,
-  lm_compute_dtype,
-  lm_hyperparameters,
-  model_parallel_of,
-  setup_note,
-)
-from nash_jax.experiment.inputs import (
-  algorithm_maker,
-  build_games,
-  equilibria,
-  lm_env_params,
-  lm_environment,
-  lm_equilibrium,
-  lm_maker,
-  reference_model,
-  seed_keys,
-  shares_game,
-  training_oracle,
-)
 from nash_jax.experiment.results import (
-  LMResults,
   MetricsStream,
-  Results,
   TensorBoard,
   diverged,
   divergence_note,
 )
 from nash_jax.experiment.sweep import sweep_checkpoint_config
-from nash_jax.games import Game
 from nash_jax.policies import sequence
-
-
-@functools.lru_cache(maxsize=64)
-def _final_log_policy(make, shared: bool):
-  """Jitted ``log pi`` of every run's final state (compiled once per
-  algorithm structure, not once per run)."""
-  return jax.jit(jax.vmap(lambda h, state, game: evaluation.log_policy(
-      evaluation.TABULAR, make(h), state, game),
-      in_axes=(0, 0, None if shared else 0)))
-
-
-def run(config: ExperimentConfig, file_game: Game | None = None,
-        log: Callable[[str], None] = print,
-        query_budget: int | None = None, prepared=None) -> Results:
-  """Runs a validated, resolved config; see the module docstring.
-
-  Args:
-    config: a config returned by :func:`validate`.
-    file_game: the game read by :func:`validate` for ``--game=file``.
-    log: where progress lines go.
-    query_budget: if set, stop at the first evaluation where every seed has
-      used at least this many preference queries (``num_steps`` stays the
-      cap).
-    prepared: ``(games, equilibrium)`` from :func:`prepare`, to share the
-      games and their exact solutions between several algorithms.
-  """
-  return run_sweep([config], config.output_dir, file_game, log, query_budget,
-                   prepared)[0]
-
-
-def _tile(tree, times: int):
-  """Repeats the leading (seed) axis: ``[S, ...] -> [times * S, ...]``."""
-  return jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * times),
-                      tree)
-
 
 SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}
 
@@ -166,7 +104,7 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
   resumed from when present, bit-exactly). ``shared`` and ``group_size``
   are the trainer's (a bool, or a pair for the environment data and the
   evaluation data). ``config`` gives the run's
-  settings (:class:`~nash_jax.experiment.config.RunConfig` fields and
+  settings (:class:`~nash_jax.experiment.task.RunConfig` fields and
   ``algorithm``). Returns the trainer's ``(state, rows)``."""
   writer = (MetricsStream(config)
             if jax.process_index() == 0 and stream else None)
@@ -241,8 +179,8 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
         first_seed=config.seed,
         seed_block=config.seed_block, on_eval=on_eval, on_chunk=on_chunk,
         mesh=train_lib.seed_mesh(config.num_devices,
-                                 data_parallel_of(config),
-                                 model_parallel_of(config)),
+                                 getattr(config, 'data_parallel', None) or 1,
+                                 getattr(config, 'model_parallel', None) or 1),
         resume=resume,
         until=stopping_rule(query_budget, config.stop_on_divergence))
   if writer:
@@ -256,176 +194,6 @@ def train_recorded(config, make: Callable, evaluate: Callable, run_keys,
       checkpointer.save(done, state, rows)
     checkpointer.close()
   return state, rows
-
-
-def run_sweep(configs: list[ExperimentConfig], output_dir: str,
-              file_game: Game | None = None,
-              log: Callable[[str], None] = print,
-              query_budget: int | None = None,
-              prepared=None, checkpoint_every: int | None = None
-              ) -> list[Results]:
-  """Runs several validated configs that differ only in :data:`SWEEPABLE`
-  values (the cells of a sweep), every cell and seed in one compiled call.
-
-  Each cell's seeds play the same games as a single run would; a cell's
-  result equals the single run of its config bit for bit with the same
-  ``seed_block`` (the default blocks included): each cell starts a block of
-  its own, and a shared game stays shared. Checkpoints of the whole sweep go to
-  ``output_dir/checkpoints`` every ``checkpoint_every`` steps (default: the
-  first config's); ``metrics.csv`` is streamed only for a single config.
-  Returns one :class:`Results` per config.
-  """
-  start = time.time()
-  if jax.process_index() != 0:
-    log = lambda line: None
-  config = configs[0]
-  num_cells, num_seeds = len(configs), config.num_seeds
-  # One game for every seed stays one array (each block's win rates are then
-  # one matrix product); each run always carries its cell's equilibrium, so
-  # that a single run and a sweep cell run the same program.
-  shared_game = shares_game(config)
-  games = prepared[0] if prepared else build_games(config, file_game)
-  solved = {}
-  for c in configs:
-    if c.beta not in solved:
-      note = setup_note(c) if not (prepared and c is config) else None
-      if note:
-        log(note)
-      solved[c.beta] = (prepared[1] if prepared and c is config else
-                        equilibria(c, games, shared_game))
-  if shared_game:
-    solved = {b: np.broadcast_to(e, (num_seeds,) + e.shape)
-              for b, e in solved.items()}
-  dtype = jnp.dtype(config.dtype)
-  equilibrium = np.concatenate([solved[c.beta] for c in configs])
-  with np.errstate(divide='ignore'):
-    log_eq = jnp.asarray(np.log(equilibrium), dtype)
-  if not shared_game:
-    games = _tile(games, num_cells)
-  make = algorithm_maker(config)
-  hyper = {k: np.repeat(np.asarray([hyperparameters(c)[k] for c in configs],
-                                   dtype), num_seeds)
-           for k in hyperparameters(config)}
-  _, run_keys = seed_keys(config)
-  run_keys = _tile(run_keys, num_cells)
-  if checkpoint_every is None:
-    checkpoint_every = config.checkpoint_every
-  state, rows = train_recorded(
-      config, make, evaluation.exact_evaluator(make), run_keys, games, log_eq,
-      hyper, shared=(shared_game, False), group_size=num_seeds,
-      output_dir=output_dir,
-      checkpoint_config=sweep_checkpoint_config(configs),
-      checkpoint_every=checkpoint_every, stream=num_cells == 1, log=log,
-      start=start, query_budget=query_budget)
-  final_policy = np.exp(np.asarray(
-      _final_log_policy(make, shared_game)(hyper, state, games), np.float64))
-  wall = time.time() - start
-  results = []
-  for i, c in enumerate(configs):
-    cut = slice(i * num_seeds, (i + 1) * num_seeds)
-    results.append(Results(
-        c, [{k: v[cut] for k, v in row.items()} for row in rows],
-        final_policy[cut], np.asarray(equilibrium[cut]), wall))
-  return results
-
-
-def lm_checkpoint_config(configs) -> dict:
-  """What the checkpoints of a language-model run (or sweep) are checked
-  against: every cell's config less the settings a resumed run may
-  change."""
-  return sweep_checkpoint_config(configs)
-
-
-def run_lm(configs, output_dir: str | None = None,
-           log: Callable[[str], None] = print,
-           checkpoint_every: int | None = None) -> list[LMResults]:
-  """Runs validated LM configs that differ only in swept values (one config:
-  a single run), every cell and seed in one compiled call per chunk.
-
-  The reference model (``model_seed``), its listed distribution and the
-  induced exact game are built once; ``pi*_beta`` is solved once per
-  ``beta`` by the reference solver; then the transformer policy is trained
-  with the sampled algorithm against the token environment, with the exact
-  metrics at every evaluation. Returns one :class:`LMResults` per config.
-  """
-  start = time.time()
-  if jax.process_index() != 0:
-    log = lambda line: None
-  config = configs[0]
-  output_dir = output_dir or config.output_dir
-  num_cells, num_seeds = len(configs), config.num_seeds
-  spec = config.spec()
-  log(f'[{config.algorithm}] token game: {spec.num_prompts} prompts, '
-      f'{tokens_lib.num_responses(spec.vocab_size, spec.max_length)} '
-      f'responses each; listing the reference model')
-  reference, reference_report = reference_model(config, log)
-  env_params = lm_env_params(config, reference)
-  game = jax.tree.map(lambda a: np.asarray(a, np.float64),
-                      tokens_lib.game_of(env_params))
-  equilibria = {}
-  for c in configs:
-    if c.beta not in equilibria:
-      log(f'[{config.algorithm}] solving pi*_beta at beta={c.beta:g}')
-      equilibria[c.beta] = lm_equilibrium(game, c.beta)
-  # Hyperparameters and the exact evaluation in at least float32 (a
-  # bfloat16 run has only its transformer in bfloat16).
-  dtype = lm_compute_dtype(config)
-  eval_game = jax.tree.map(lambda a: jnp.asarray(a, dtype), game)
-  shared = len(equilibria) == 1
-  with np.errstate(divide='ignore'):
-    log_eq = {b: np.log(e) for b, e in equilibria.items()}
-  if shared:
-    eval_data = evaluation.ListedEval(eval_game, jnp.asarray(
-        log_eq[config.beta], dtype))
-  else:
-    eval_data = evaluation.ListedEval(
-        jax.tree.map(lambda a: np.broadcast_to(
-            np.asarray(a), (num_cells * num_seeds,) + a.shape), eval_game),
-        np.repeat(np.stack([log_eq[c.beta] for c in configs]), num_seeds,
-                  axis=0).astype(dtype))
-    env_params = jax.tree.map(lambda a: np.broadcast_to(
-        np.asarray(a), (num_cells * num_seeds,) + np.shape(a)), env_params)
-  trained_oracle = training_oracle(config, env_params, reference, log)
-  make = lm_maker(config, trained_oracle)
-  hyper = {k: np.repeat(np.asarray([lm_hyperparameters(c)[k]
-                                    for c in configs], dtype), num_seeds)
-           for k in lm_hyperparameters(config)}
-  _, run_keys = seed_keys(config)
-  run_keys = _tile(run_keys, num_cells)
-  spec_key, oracle, tconfig = spec, config.oracle, config.transformer_config()
-  env_of = _lm_env_of(spec_key, oracle, tconfig)
-  evaluate = evaluation.listed_evaluator(make, env_of, config.num_samples)
-  if checkpoint_every is None:
-    checkpoint_every = config.checkpoint_every
-  state, rows = train_recorded(
-      config, make, evaluate, run_keys, env_params, eval_data, hyper,
-      shared=shared, output_dir=output_dir,
-      checkpoint_config=lm_checkpoint_config(configs),
-      checkpoint_every=checkpoint_every, stream=num_cells == 1, log=log,
-      start=start)
-  final = _lm_final_log_policy(make, env_of, shared)(hyper, state,
-                                                     env_params)
-  final_policy = np.exp(np.asarray(final, np.float64))
-  final_policy /= final_policy.sum(-1, keepdims=True)
-  wall = time.time() - start
-  cost = run_cost(make, hyper, state, env_params, shared, config.num_steps,
-                  wall)
-  results = []
-  for i, c in enumerate(configs):
-    cut = slice(i * num_seeds, (i + 1) * num_seeds)
-    equilibrium = np.broadcast_to(equilibria[c.beta],
-                                  (num_seeds,) + equilibria[c.beta].shape)
-    results.append(LMResults(
-        c, [{k: v[cut] for k, v in row.items()} for row in rows],
-        final_policy[cut], np.asarray(equilibrium), wall, cost, game=game,
-        responses=np.asarray(tokens_lib.list_responses(
-            spec.vocab_size, spec.max_length, spec.max_responses)),
-        reference_report=reference_report,
-        oracle_report=(None if trained_oracle is None
-                       else trained_oracle[2]),
-        prompts=np.asarray(tokens_lib.make_prompts(spec)[0]),
-        prompt_mask=np.asarray(tokens_lib.make_prompts(spec)[1])))
-  return results
 
 
 def step_flops(make: Callable, hyper: dict, state, env_params,
@@ -467,16 +235,77 @@ def run_cost(make, hyper, state, env_params, shared, num_steps: int,
           'wall_time_s': wall_time, **peak_memory()}
 
 
-@functools.lru_cache(maxsize=16)
-def _lm_env_of(spec, oracle, tconfig):
-  return lambda hyper: lm_environment(spec, oracle, tconfig,
-                                      hyper['temperature'])
+# --------------------------------------------------------------------------
+# The run skeleton of every task.
 
 
-@functools.lru_cache(maxsize=16)
-def _lm_final_log_policy(make, env_of, shared: bool):
-  """Jitted ``log pi [S, X, N]`` of every run's final state."""
-  def one(hyper, state, env_params):
-    return env_of(hyper).log_policy(make(hyper).policy, state.params,
-                                    env_params)
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, None if shared else 0)))
+def seed_keys(config):
+  """Per-seed ``(game_key, run_key)``: seed ``s`` uses ``PRNGKey(s)`` split."""
+  seeds = np.arange(config.seed, config.seed + config.num_seeds)
+  keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds)
+  return keys[:, 0], keys[:, 1]
+
+
+def tile(tree, times: int):
+  """Repeats the leading (seed) axis: ``[S, ...] -> [times * S, ...]``."""
+  return jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * times),
+                      tree)
+
+
+def static_settings(alg_config, runtime) -> tuple:
+  """The ``(name, value)`` pairs of an algorithm config less its runtime
+  values (``runtime``: their names): the structure of a compiled step,
+  hashable, so that runs differing only in runtime values share it."""
+  return tuple((f.name, getattr(alg_config, f.name))
+               for f in dataclasses.fields(alg_config)
+               if f.name not in runtime)
+
+
+def run_task(task, configs, inputs=None, output_dir: str | None = None,
+             log: Callable[[str], None] = print,
+             query_budget: int | None = None,
+             checkpoint_every: int | None = None) -> list:
+  """Runs validated configs of ``task`` (:class:`~nash_jax.experiment.task.
+  Task`) that differ only in runtime values (one config: a single run;
+  several: the cells of a sweep), every cell and seed in one compiled call
+  per evaluation chunk, with progress lines, streamed metrics (a single
+  run), checkpoints of the whole batch in ``output_dir/checkpoints``
+  (default: the first config's directory and ``checkpoint_every``) and
+  bit-exact resume.
+
+  Args:
+    task: the kind of run.
+    configs: configs returned by the task's validation (one per cell).
+    inputs: what validation read (the task's inputs).
+    output_dir: where the checkpoints go (default: the config's).
+    log: where progress lines go (process 0 only).
+    query_budget: if set, stop at the first evaluation where every seed has
+      used at least this many preference queries (``num_steps`` stays the
+      cap).
+    checkpoint_every: steps between checkpoints (default: the config's).
+
+  Returns:
+    The task's results, one per config.
+  """
+  start = time.time()
+  if jax.process_index() != 0:
+    log = lambda line: None
+  config = configs[0]
+  output_dir = output_dir or config.output_dir
+  plan = task.plan(configs, inputs, log)
+  if checkpoint_every is None:
+    checkpoint_every = config.checkpoint_every
+  state, rows = train_recorded(
+      config, plan.make, plan.evaluate, plan.run_keys, plan.env_params,
+      plan.eval_data, plan.hyper, shared=plan.shared,
+      group_size=plan.group_size, output_dir=output_dir,
+      checkpoint_config=sweep_checkpoint_config(configs),
+      checkpoint_every=checkpoint_every, stream=len(configs) == 1, log=log,
+      start=start, query_budget=query_budget)
+  return task.collect(configs, plan, state, rows, start)
+
+
+def run_one(task, config, inputs=None, **kwargs):
+  """One run of ``task`` (:func:`run_task` with a single config); returns
+  its results."""
+  return run_task(task, [config], inputs, **kwargs)[0]

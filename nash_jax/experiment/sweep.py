@@ -1,7 +1,7 @@
-"""Sweeps (third stage of :mod:`nash_jax.experiment`): a grid of
-hyperparameter values, its cells, their validation and what their
-checkpoints are checked against. A sweep runs every cell and seed in one
-compiled call (:func:`nash_jax.experiment.run.run_sweep`).
+"""Sweeps: a grid of runtime values, its cells, their validation and what
+their checkpoints are checked against. A sweep runs every cell and seed in
+one compiled call (:func:`nash_jax.experiment.run.run_task`), for any
+task.
 """
 
 from __future__ import annotations
@@ -10,25 +10,17 @@ import dataclasses
 import os
 
 from nash_jax import checkpoint as checkpoint_lib
-from nash_jax.algorithms import ConfigError
-from nash_jax.experiment.config import (
-  SWEEPABLE,
-  ExperimentConfig,
-  check_memory,
-  unused_by,
-  validate,
-  validate_lm,
-)
-from nash_jax.experiment.inputs import algorithm_maker, lm_maker
+from nash_jax.errors import ConfigError
+from nash_jax.experiment import checks
 
 
-def parse_sweep(specs: list[str],
-                sweepable=SWEEPABLE) -> dict[str, list[float]]:
+def parse_sweep(specs: list[str], sweepable) -> dict[str, list[float]]:
   """``['beta=0.1,0.01', 'learning_rate=0.1,1']`` -> ``{name: values}``.
 
   Raises:
     ConfigError: naming ``--sweep`` for a malformed entry, a name outside
-      :data:`SWEEPABLE`, a repeated name or a value that is not a number.
+      ``sweepable`` (a task's :meth:`~nash_jax.experiment.task.Task.
+      sweep_names`), a repeated name or a value that is not a number.
   """
   grid = {}
   for spec in specs:
@@ -81,7 +73,7 @@ def cell_name(values: dict) -> str:
   return '_'.join(f'{k}={format_value(v)}' for k, v in values.items())
 
 
-def sweep_cells(config: ExperimentConfig, grid: dict[str, list[float]]):
+def sweep_cells(config, grid: dict[str, list[float]]):
   """The cells of a grid (Cartesian product, in the order given):
   ``[(values, config)]`` with each cell's output in
   ``config.output_dir/<cell_name>``; configs not yet validated."""
@@ -93,51 +85,37 @@ def sweep_cells(config: ExperimentConfig, grid: dict[str, list[float]]):
           for cell in cells]
 
 
-def validate_sweep(config: ExperimentConfig, grid: dict[str, list[float]]):
-  """Validates every cell of a sweep; returns ``(cells, file_game)`` with
-  ``cells = [(values, resolved config)]``.
+def validate_sweep(task, config, grid: dict[str, list[float]]):
+  """Validates every cell of a sweep of ``task``; returns ``(cells,
+  inputs)`` with ``cells = [(values, resolved config)]``.
 
   Each cell is resolved on its own values (an unswept default such as the
   learning rate follows a swept ``beta``), and every cell must keep the
   same structure (the sweep is one compiled program).
+
+  Raises:
+    ConfigError: naming the flag (and the cell).
   """
-  found = {}
-
-  def check(cell):
-    resolved, found['game'] = validate(cell)
-    return resolved
-
-  cells = _validate_cells(config, grid, check, algorithm_maker)
-  return cells, found.get('game')
-
-
-def validate_lm_sweep(config, grid: dict[str, list[float]]):
-  """:func:`validate_sweep` for a language-model config; returns
-  ``cells``."""
-  return _validate_cells(config, grid, validate_lm, lm_maker)
-
-
-def _validate_cells(config, grid, validate_cell, maker):
   for name, values in grid.items():
     check_distinct('sweep', values, name)
-  cells = []
+  cells, inputs = [], None
   for values, cell in sweep_cells(config, grid):
     try:
-      resolved = validate_cell(cell)
+      resolved, inputs = checks.validate(task, cell)
     except ConfigError as e:
       raise ConfigError(e.flag, f'{str(e).partition(": ")[2]} (sweep cell '
                         f'{cell_name(values)})') from None
     for name in grid:
-      who = unused_by(resolved, name)
+      who = checks.unused_by(resolved, name)
       if who:
         raise ConfigError('sweep', f'{who} does not use {name}: every cell '
                           'would be the same run')
       if getattr(resolved, name) is None:
         raise ConfigError('sweep', f'{config.algorithm} has no {name}')
     cells.append((values, resolved))
-  if len(cells) > 1 and hasattr(cells[0][1], 'num_actions'):
-    check_memory(cells[0][1], runs=len(cells))
-  structures = {maker(c) for _, c in cells}
+  if task.check_sweep is not None:
+    task.check_sweep(cells)
+  structures = {task.structure(c) for _, c in cells}
   if len(structures) > 1:
     raise ConfigError('sweep', 'cells differ in more than swept values')
   try:
@@ -145,10 +123,10 @@ def _validate_cells(config, grid, validate_cell, maker):
         [c for _, c in cells])).check(config.overwrite, config.num_steps)
   except checkpoint_lib.CheckpointMismatch as e:
     raise ConfigError(e.flag, str(e)) from None
-  return cells
+  return cells, inputs
 
 
-def sweep_checkpoint_config(configs: list[ExperimentConfig]) -> dict:
+def sweep_checkpoint_config(configs: list) -> dict:
   """What a sweep's checkpoints are checked against: every cell's config
   (less the settings a resumed run may change, such as ``num_steps``)."""
   if len(configs) == 1:

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Callable
 
+from nash_jax import io as io_lib
 from nash_jax.figures import (
   convergence,
   language_model,
@@ -101,11 +102,7 @@ def compute(name: str, config: dict, directory: str, scale: str,
   result = {'figure': name, 'scale': scale, 'claim': figure.claim,
             'config': config, 'outputs': list(outputs),
             'compute_time_s': time.time() - start}
-  tmp = os.path.join(directory, RESULT_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, os.path.join(directory, RESULT_FILE))
+  io_lib.write_json(os.path.join(directory, RESULT_FILE), result)
   return result
 
 

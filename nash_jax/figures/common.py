@@ -18,20 +18,10 @@ import os
 import numpy as np
 import scipy.stats
 
+from nash_jax import io as io_lib
+
 FLOOR = 1e-16
 DPI = 110
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-  """Writes dict rows (same keys) as CSV, atomically (temporary file first)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: repr(float(v)) if isinstance(
-          v, (float, np.floating)) else v for k, v in row.items()})
-  os.replace(tmp, path)
 
 
 def _value(text: str):
@@ -42,7 +32,8 @@ def _value(text: str):
 
 
 def read_csv(path: str) -> list[dict]:
-  """Reads :func:`write_csv` rows back; numbers become floats."""
+  """Reads CSV rows (:func:`nash_jax.io.write_records`) back; numbers
+  become floats."""
   with open(path, newline='') as f:
     return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
@@ -114,9 +105,8 @@ def save(fig, directory: str, name: str) -> list[str]:
   paths = []
   for ext in ('png', 'pdf'):
     path = os.path.join(directory, f'{name}.{ext}')
-    tmp = path + '.tmp'
-    fig.savefig(tmp, dpi=DPI, format=ext)
-    os.replace(tmp, path)
+    io_lib.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI,
+                                                      format=ext))
     paths.append(path)
   plt.close(fig)
   return paths

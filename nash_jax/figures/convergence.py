@@ -24,7 +24,9 @@ import os
 import numpy as np
 
 from nash_jax import analysis, experiment
+from nash_jax import io as io_lib
 from nash_jax.figures import common
+from nash_jax.tasks import tabular
 
 CLAIM = ('claims 2 and 3: Nash-MP KL falls like (1+2 beta)^(-N/2) in '
          'queries; proximal point by 1/(1+eta) per outer step')
@@ -60,8 +62,9 @@ def fitted_rate(x, kl):
 
 def _configs(config: dict, beta: float, budget: int, eval_every: int,
              outer_steps: int, directory: str):
-  """The validated :class:`ExperimentConfig` of each algorithm at ``beta``."""
-  base = experiment.ExperimentConfig(
+  """The validated :class:`~nash_jax.tasks.tabular.TabularConfig` of each
+  algorithm at ``beta``."""
+  base = tabular.TabularConfig(
       game=config['game'], num_actions=config['num_actions'],
       ref_policy=config['ref_policy'], beta=beta,
       num_seeds=config['num_seeds'], seed=config['seed'],
@@ -72,7 +75,7 @@ def _configs(config: dict, beta: float, budget: int, eval_every: int,
     c = base.replace(algorithm=name, output_dir=run_dir)
     if name == 'proximal_point':
       c = c.replace(num_steps=outer_steps, eval_every=1)
-    configs[name], _ = experiment.validate(c)
+    configs[name], _ = experiment.validate(tabular.TASK, c)
   return configs
 
 
@@ -95,11 +98,13 @@ def compute(config: dict, directory: str, log) -> list[str]:
   rows, rates = [], []
   for beta, budget, every, outer in _settings(config):
     configs = _configs(config, beta, budget, every, outer, directory)
-    prepared = experiment.prepare(next(iter(configs.values())))
+    prepared = tabular.TabularInputs(prepared=tabular.prepare(
+        next(iter(configs.values()))))
     for name, c in configs.items():
       budget_arg = None if name == 'proximal_point' else budget
-      results = experiment.run(c, query_budget=budget_arg, prepared=prepared,
-                               log=lambda line: None)
+      results = experiment.run_task(tabular.TASK, [c], prepared,
+                                    query_budget=budget_arg,
+                                    log=lambda line: None)[0]
       experiment.write_results(results)
       final_kl = common.log_band(results.rows[-1]['kl_to_equilibrium'])[1]
       log(f'  convergence: beta={beta:g} {name:<15} '
@@ -112,8 +117,8 @@ def compute(config: dict, directory: str, log) -> list[str]:
                        'preference_queries': int(r['preference_queries'][i]),
                        **{m: float(r[m][i]) for m in METRICS}})
       rates.append(_rate_row(results, name, beta, c.eta))
-  common.write_csv(os.path.join(directory, 'convergence.csv'), rows)
-  common.write_csv(os.path.join(directory, 'convergence_rates.csv'), rates)
+  io_lib.write_records(os.path.join(directory, 'convergence.csv'), rows)
+  io_lib.write_records(os.path.join(directory, 'convergence_rates.csv'), rates)
   return OUTPUTS
 
 

@@ -31,8 +31,10 @@ import os
 import numpy as np
 
 from nash_jax import crossplay, experiment
+from nash_jax import io as io_lib
 from nash_jax import stability as study_lib
 from nash_jax.figures import common
+from nash_jax.tasks import token_game
 
 CLAIM = ('claims 1, 2 and 6 with a transformer policy: online IPO has a '
          'stability limit that Nash Prox removes, and Nash policies beat '
@@ -40,16 +42,17 @@ CLAIM = ('claims 1, 2 and 6 with a transformer policy: online IPO has a '
 OUTPUTS = ['lm_stability.csv', 'lm_kl.csv', 'lm_crossplay.csv']
 BASELINES = ('dpo', 'offline_ipo', 'bt_rlhf')
 REFERENCE = 'pi_ref'
-# The model, game and run settings a config may set (LMConfig fields).
+# The model, game and run settings a config may set (TokenGameConfig
+# fields).
 MODEL_KEYS = ('vocab_size', 'max_length', 'num_prompts', 'd_model',
               'num_layers', 'num_heads', 'num_kv_heads', 'mlp_dim',
-              'model_seed', 'sft_steps', 'batch_size', 'oracle', 'num_seeds',
+              'model_seed', 'sft_steps', 'batch_size', 'outcome', 'num_seeds',
               'seed', 'optimizer')
 
 
 def _base(config: dict, directory: str):
-  """The settings every run shares (an unvalidated ``LMConfig``)."""
-  return experiment.LMConfig(
+  """The settings every run shares (an unvalidated ``TokenGameConfig``)."""
+  return token_game.TokenGameConfig(
       checkpoint_every=0, num_samples=1,
       output_dir=os.path.join(directory, 'runs'),
       **{k: config[k] for k in MODEL_KEYS})
@@ -81,8 +84,8 @@ def _stability_plan(config: dict, directory: str):
     cell = base.replace(algorithm=name, num_steps=steps, eval_every=every,
                         output_dir=os.path.join(base.output_dir, 'stability',
                                                 name))
-    plan[name] = experiment.validate_lm_sweep(cell, study_lib.grid(
-        _study(config)))
+    plan[name] = experiment.validate_sweep(
+        token_game.TASK, cell, study_lib.grid(_study(config)))[0]
   return plan
 
 
@@ -102,7 +105,8 @@ def _comparison_plan(config: dict, directory: str):
                         base.output_dir, 'comparison', name))
     if name in BASELINES:
       settings['offline_pairs'] = config['query_budget']
-    plan[name] = experiment.validate_lm(base.replace(**settings))
+    plan[name] = experiment.validate(token_game.TASK,
+                                     base.replace(**settings))[0]
   return plan
 
 
@@ -143,10 +147,10 @@ def compute(config: dict, directory: str, log) -> list[str]:
   for name, cells in _stability_plan(config, directory).items():
     say(f'stability: {name}, {len(cells)} cells x {config["num_seeds"]} '
         'seeds in one run')
-    results = experiment.run_lm([c for _, c in cells],
-                                cells[0][1].output_dir, log=say)
+    results = experiment.run_task(token_game.TASK, [c for _, c in cells],
+                                  None, cells[0][1].output_dir, log=say)
     for res in results:
-      experiment.write_lm_results(res)
+      token_game.write(res)
     for (values, _), res in zip(cells, results):
       done[name, values['beta'], values['learning_rate']] = res
       rows.append(study_lib.cell_summary(name, values, res, study))
@@ -158,17 +162,17 @@ def compute(config: dict, directory: str, log) -> list[str]:
     res = done.get((name, run_config.beta, run_config.learning_rate))
     say(f'comparison: {name}' + (' (the stability cell)' if res else ''))
     if res is None:
-      res = experiment.run_lm([run_config], log=say)[0]
-      experiment.write_lm_results(res)
+      res = experiment.run_task(token_game.TASK, [run_config], log=say)[0]
+      token_game.write(res)
     kl += kl_rows(name, res)
     names.append(name)
     finals.append(np.mean(res.final_policy, axis=0))
     game = res.game
-  common.write_csv(os.path.join(directory, 'lm_kl.csv'), kl)
+  io_lib.write_records(os.path.join(directory, 'lm_kl.csv'), kl)
   ref = np.asarray(game.ref_policy, np.float64)  # Stored in the run dtype.
   policies = np.stack([ref / ref.sum(-1, keepdims=True)] + finals)
-  common.write_csv(os.path.join(directory, 'lm_crossplay.csv'),
-                   crossplay_rows(names, policies, game))
+  io_lib.write_records(os.path.join(directory, 'lm_crossplay.csv'),
+                       crossplay_rows(names, policies, game))
   return OUTPUTS
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nash_jax import bradley_terry, metrics, reference
+from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
 from nash_jax.figures import common
 from nash_jax.games import GENERATORS, REF_POLICIES, generate_game
@@ -147,7 +148,7 @@ def compute(config: dict, directory: str, log) -> list[str]:
     rows = [{'seed': seed, **evaluate_game(game, config['beta'])}
             for seed, game in zip(seeds, draw_games(spec, seeds))]
     name = f'nash_vs_reward_{spec["name"]}.csv'
-    common.write_csv(os.path.join(directory, name), rows)
+    io_lib.write_records(os.path.join(directory, name), rows)
     outputs.append(name)
     for column in rows[0]:
       if column == 'seed':
@@ -167,7 +168,7 @@ def compute(config: dict, directory: str, log) -> list[str]:
         f'{get("exploitability_nash_beta"):.3f} bt_matched '
         f'{get("exploitability_bt_matched"):.3f}; P(nash > bt_greedy) '
         f'{get("win_rate_nash_vs_bt_greedy"):.3f}')
-  common.write_csv(os.path.join(directory, outputs[0]), summary)
+  io_lib.write_records(os.path.join(directory, outputs[0]), summary)
   return outputs
 
 

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nash_jax import analysis, experiment, rules
+from nash_jax import io as io_lib
 from nash_jax.figures import common
 from nash_jax.games import Game, win_rates
 from nash_jax.reference import ROUNDING_FLOOR, SolverError
+from nash_jax.tasks import tabular
 
 CLAIM = ('claim 4: Nash-MP rates do not depend on the number of responses '
          'n (10 to 10,000)')
@@ -99,7 +101,7 @@ def certified_equilibrium(game: Game, beta: float, tol: float = 1e-10,
 
 
 def _base(config, beta, budget, directory, num_actions):
-  return experiment.ExperimentConfig(
+  return tabular.TabularConfig(
       game=config['game'], ref_policy=config['ref_policy'],
       num_actions=num_actions, beta=beta, num_steps=budget,
       eval_every=config['eval_every'],
@@ -128,7 +130,7 @@ def _run_configs(config, directory):
           c = base.replace(algorithm=name, seed=first, num_seeds=count,
                            output_dir=os.path.join(base.output_dir,
                                                    f'{name}_seed_{first}'))
-          configs[name], _ = experiment.validate(c)
+          configs[name], _ = experiment.validate(tabular.TASK, c)
         out.append((beta, n, configs))
   return out
 
@@ -142,9 +144,9 @@ def _prepare(config, c):
   """Games and exact references of a run; Newton up to
   ``newton_max_actions``, else :func:`certified_equilibrium`."""
   if c.num_actions <= config['newton_max_actions']:
-    games, eq = experiment.prepare(c)
+    games, eq = tabular.prepare(c)
     return (games, eq), 'newton', np.nan
-  games = experiment.build_games(c, None)
+  games = tabular.build_games(c, None)
   eqs, spans = [], []
   for i in range(c.num_seeds):
     game = jax.tree.map(lambda a, i=i: a[i], games)
@@ -164,8 +166,9 @@ def compute(config: dict, directory: str, log) -> list[str]:
     first = next(iter(configs.values()))
     prepared, method, residual = _prepare(config, first)
     for name, c in configs.items():
-      results = experiment.run(c, query_budget=c.num_steps, prepared=prepared,
-                               log=lambda line: None)
+      results = experiment.run_task(
+          tabular.TASK, [c], tabular.TabularInputs(prepared=prepared),
+          query_budget=c.num_steps, log=lambda line: None)[0]
       experiment.write_results(results)
       to_reach = analysis.queries_to_reach(results.rows, 'kl_to_equilibrium',
                                            threshold)
@@ -195,8 +198,8 @@ def compute(config: dict, directory: str, log) -> list[str]:
       curves.append({'beta': beta, 'num_actions': n,
                      'preference_queries': queries[t], 'kl_low': lo[t],
                      'kl_mean': mid[t], 'kl_high': hi[t]})
-  common.write_csv(os.path.join(directory, OUTPUTS[0]), rows)
-  common.write_csv(os.path.join(directory, OUTPUTS[1]), curves)
+  io_lib.write_records(os.path.join(directory, OUTPUTS[0]), rows)
+  io_lib.write_records(os.path.join(directory, OUTPUTS[1]), curves)
   return OUTPUTS
 
 

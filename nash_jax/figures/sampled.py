@@ -31,7 +31,9 @@ import os
 import numpy as np
 
 from nash_jax import analysis, experiment
+from nash_jax import io as io_lib
 from nash_jax.figures import common
+from nash_jax.tasks import tabular
 
 CLAIM = ('claim 5: from Bernoulli preferences in finite batches the last '
          'iterate still converges, to a noise floor that shrinks with batch '
@@ -53,11 +55,11 @@ def _config(config: dict, directory: str, panel: str, algorithm: str,
                                          c['evaluations'])
   name = (f'{policy}/{algorithm}' if panel == 'policies' else
           f'batch/{algorithm}_{policy}_B{batch_size}')
-  return c['query_budget'], experiment.ExperimentConfig(
+  return c['query_budget'], tabular.TabularConfig(
       algorithm=algorithm, game=c['game'], num_contexts=c['num_contexts'],
       num_actions=c['num_actions'], feature_dim=c['feature_dim'],
       ref_policy=c['ref_policy'], beta=c['beta'], mode='sampled',
-      policy=policy, batch_size=batch_size, oracle=c['oracle'],
+      policy=policy, batch_size=batch_size, outcome=c['outcome'],
       num_seeds=c['num_seeds'], seed=c['seed'], seed_block=c['num_seeds'],
       num_steps=steps, eval_every=every, checkpoint_every=0,
       output_dir=os.path.join(directory, 'runs', name))
@@ -82,10 +84,10 @@ def validate(config: dict, directory: str) -> None:
   """Refuses a config that cannot run (raises ConfigError) before any
   work."""
   for _, _, c in runs(config, directory):
-    experiment.validate(c)
+    experiment.validate(tabular.TASK, c)
 
 
-def game_key(c: experiment.ExperimentConfig) -> tuple:
+def game_key(c: tabular.TabularConfig) -> tuple:
   """What the games of a run and their ``pi*_beta`` depend on."""
   return (c.game, c.num_contexts, c.num_actions, c.feature_dim, c.ref_policy,
           c.dtype, c.beta, c.seed, c.num_seeds)
@@ -106,13 +108,15 @@ def compute(config: dict, directory: str, log) -> list[str]:
   rows, summary, games = [], [], {}
   threshold = config['kl_threshold']
   for panel, budget, c in runs(config, directory):
-    c, file_game = experiment.validate(c)
+    c, inputs = experiment.validate(tabular.TASK, c)
     # Runs on the same games share them and their exact solution.
     key = game_key(c)
     if key not in games:
-      games[key] = experiment.prepare(c, file_game)
-    results = experiment.run(c, file_game, log=lambda line: None,
-                             query_budget=budget, prepared=games[key])
+      games[key] = tabular.prepare(c, inputs.file_game)
+    results = experiment.run_task(
+        tabular.TASK, [c], tabular.TabularInputs(inputs.file_game,
+                                                 games[key]),
+        log=lambda line: None, query_budget=budget)[0]
     experiment.write_results(results)
     kl = np.stack([r['kl_to_equilibrium'] for r in results.rows])  # [T, S]
     queries = np.stack([r['preference_queries'] for r in results.rows])
@@ -140,8 +144,8 @@ def compute(config: dict, directory: str, log) -> list[str]:
         f'{c.batch_size:<4} {results.wall_time:5.1f}s  final KL median '
         f'{s["kl_final_median"]:.1e}  floor {s["kl_floor_median"]:.1e}  '
         f'converged {s["fraction_converged"]:.2f}')
-  common.write_csv(os.path.join(directory, 'sampled.csv'), rows)
-  common.write_csv(os.path.join(directory, 'sampled_summary.csv'), summary)
+  io_lib.write_records(os.path.join(directory, 'sampled.csv'), rows)
+  io_lib.write_records(os.path.join(directory, 'sampled_summary.csv'), summary)
   return OUTPUTS
 
 

@@ -5,7 +5,7 @@ Each algorithm runs every ``(beta, learning_rate)`` cell of the grid on
 random games (seed ``s`` plays game ``s`` in every cell), sampled mode with
 a tabular policy and a Bernoulli oracle, until every seed has used the query
 budget; all cells and seeds of an algorithm are one compiled call
-(:func:`nash_jax.experiment.run_sweep`). A seed has converged when its last
+(:func:`nash_jax.experiment.run_task`). A seed has converged when its last
 iterate has ``KL_rho(pi*_beta || pi) < kl_threshold``, and diverged when its
 final KL exceeds that of ``pi_ref`` (:func:`nash_jax.stability.cell_summary`).
 The figure is the heatmap of the converged fraction per cell, one panel per
@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 
-from nash_jax import experiment
 from nash_jax import stability as study_lib
 from nash_jax.figures import common
+from nash_jax.tasks import tabular
 
 CLAIM = ('claims 1 and 2: self-play PG / online IPO has a stability limit in '
          'step size and beta; Nash Prox converges where it fails')
@@ -40,7 +40,7 @@ def study(config: dict) -> study_lib.Study:
       kl_threshold=float(config['kl_threshold']))
 
 
-def base_config(config: dict, directory: str) -> experiment.ExperimentConfig:
+def base_config(config: dict, directory: str) -> tabular.TabularConfig:
   """The settings every cell shares; cells go under ``directory/runs``.
 
   ``seed_block = num_seeds``: one ``vmap`` over the seeds of a cell (faster
@@ -49,10 +49,10 @@ def base_config(config: dict, directory: str) -> experiment.ExperimentConfig:
   """
   steps, every = common.sampled_schedule(
       config['query_budget'], config['batch_size'], config['evaluations'])
-  return experiment.ExperimentConfig(
+  return tabular.TabularConfig(
       game=config['game'], num_actions=config['num_actions'],
       ref_policy=config['ref_policy'], mode=MODE, policy=POLICY,
-      batch_size=config['batch_size'], oracle=config['oracle'],
+      batch_size=config['batch_size'], outcome=config['outcome'],
       num_seeds=config['num_seeds'], seed=config['seed'],
       seed_block=config['num_seeds'], num_steps=steps, eval_every=every,
       checkpoint_every=0,

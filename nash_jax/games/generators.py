@@ -31,7 +31,8 @@ def _antisymmetric_to_preferences(lower: jax.Array) -> jax.Array:
   mask = jnp.tril(jnp.ones((n, n), bool), k=-1)
   lower = jnp.where(mask, lower, 0)
   upper = jnp.where(mask.T, 1 - jnp.swapaxes(lower, -1, -2), 0)
-  half = jnp.eye(n, dtype=lower.dtype) * 0.5
+  half = jnp.expand_dims(jnp.eye(n, dtype=lower.dtype) * 0.5,
+                         tuple(range(lower.ndim - 2)))
   return lower + upper + half
 
 

@@ -13,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from nash_jax.distributions import sample_outcome
 from nash_jax.games.core import Game
 
 
@@ -39,12 +40,9 @@ def preference_outcomes(key, game: Game, contexts, responses,
 
   ``oracle='bernoulli'``: ``o ~ Bernoulli(P(y > y' | x))`` (a human label);
   ``'probability'``: ``o = P(y > y' | x)`` (the preference model's
-  probability). Either way each comparison is one preference query.
+  probability). Either way each comparison is one preference query
+  (:func:`nash_jax.distributions.sample_outcome`).
   """
   chex.assert_equal_shape([contexts, responses, opponents])
   prob = game.preferences[contexts, responses, opponents]
-  if oracle == 'probability':
-    return prob
-  if oracle == 'bernoulli':
-    return jax.random.bernoulli(key, prob).astype(prob.dtype)
-  raise ValueError(f'unknown oracle {oracle!r}')
+  return sample_outcome(key, prob, oracle)

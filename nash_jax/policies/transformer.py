@@ -111,6 +111,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nash_jax.errors import ConfigError
+from nash_jax.settings import setting
 
 PARAM_DTYPES = ('float32', 'float64', 'bfloat16')
 ROPE_TYPES = ('llama3',)
@@ -174,14 +175,16 @@ class TransformerConfig:
   """
 
   vocab_size: int
-  d_model: int = 32
-  num_layers: int = 2
-  num_heads: int = 4
-  num_kv_heads: int = 2
+  d_model: int = setting(32, 'Transformer width D.')
+  num_layers: int = setting(2, 'Transformer blocks.')
+  num_heads: int = setting(4, 'Query heads.')
+  num_kv_heads: int = setting(2, 'Key-value heads (grouped-query '
+                              'attention; divides --num_heads).')
   head_dim: int | None = None
-  mlp_dim: int = 64
-  rope_theta: float = 10_000.0
-  tie_embeddings: bool = True
+  mlp_dim: int = setting(64, 'SwiGLU hidden width.')
+  rope_theta: float = setting(10_000.0, 'RoPE base theta.')
+  tie_embeddings: bool = setting(True, 'Tie the output head to the input '
+                                 'embedding.')
   norm_eps: float = 1e-6
   param_dtype: str = 'float32'
   qk_norm: bool = False

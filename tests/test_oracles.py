@@ -1,4 +1,4 @@
-"""Preference oracles behind one protocol (nash_jax/preference_models.py):
+"""Preference oracles behind one protocol (nash_jax/oracles/):
 the annotator population against the environment's oracle; exact
 antisymmetry, padding invariance and jit/vmap consistency of the learned
 models and the judge; the scorer and the judge against hand computations on
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nash_jax import preference_models as pm
+from nash_jax import oracles
 from nash_jax.environments import tokens as T
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
@@ -24,10 +24,10 @@ from nash_jax.policies import transformer as tf
 VOCAB = T.model_vocab_size(4)       # PAD, BOS, EOS and content ids 3..6
 CONFIG = tf.TransformerConfig(vocab_size=VOCAB, d_model=16, num_layers=1,
                               num_heads=2, num_kv_heads=1, mlp_dim=32)
-TEMPLATE = pm.synthetic_judge_template(VOCAB)
-REWARD = pm.make_reward_model(CONFIG)
-PAIRWISE = pm.make_pairwise_model(CONFIG)
-JUDGE = pm.make_judge(CONFIG, TEMPLATE)
+TEMPLATE = oracles.synthetic_judge_template(VOCAB)
+REWARD = oracles.make_reward_model(CONFIG)
+PAIRWISE = oracles.make_pairwise_model(CONFIG)
+JUDGE = oracles.make_judge(CONFIG, TEMPLATE)
 
 # Fitting (shared by the transitive fit and the Condorcet test, so that the
 # reward model's fit compiles once).
@@ -39,14 +39,8 @@ STEPS, BATCH, LEARNING_RATE = 500, 64, 1e-2
 QUICK = {'xla_backend_optimization_level': 0,
          'xla_llvm_disable_expensive_passes': True}
 _jit = functools.partial(jax.jit, compiler_options=QUICK)
-_evaluate = _jit(pm.evaluate_fit, static_argnums=0)
-_annotators = _jit(pm.annotator_oracle().probability)
-
-
-@pytest.fixture(autouse=True)
-def _no_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
+_evaluate = _jit(oracles.evaluate_fit, static_argnums=0)
+_annotators = _jit(oracles.annotator_oracle().probability)
 
 
 # --------------------------------------------------------------------- data
@@ -128,7 +122,7 @@ def test_annotator_oracle_is_the_environment_oracle():
   pick = lambda: env.responses[rng.integers(0, env.num_responses, 6)]
   y, y_prime = pick(), pick()
   np.testing.assert_array_equal(
-      _annotators(pm.annotator_params(env), x, y, y_prime),
+      _annotators(oracles.annotator_params(env), x, y, y_prime),
       T.preference_probability(env, x, y, y_prime))
 
 
@@ -136,7 +130,7 @@ def test_annotator_oracle_judges_long_responses_exactly():
   """L = 12 (nothing listable): exact antisymmetry, 1/2 on equal content,
   and the hand-computed scores of one pair."""
   env = T.token_env_params(T.TokenEnvSpec())
-  params = pm.annotator_params(env)
+  params = oracles.annotator_params(env)
   rng = np.random.default_rng(1)
   y = rng.integers(3, 7, (8, 12)).astype(np.int32)
   y_prime = rng.integers(3, 7, (8, 12)).astype(np.int32)
@@ -161,16 +155,16 @@ def test_annotator_oracle_judges_long_responses_exactly():
 def test_canonical_pairs():
   y = jnp.asarray(Y)
   garbage = jnp.asarray(_garbage(Y, 0))
-  lo, hi, flip, same = pm.canonical_pairs(y, jnp.asarray(Y_PRIME))
+  lo, hi, flip, same = oracles.canonical_pairs(y, jnp.asarray(Y_PRIME))
   np.testing.assert_array_equal(flip, [False, False, False, True])
   np.testing.assert_array_equal(same, [False] * 4)
   np.testing.assert_array_equal(lo[3], [6, 3, 2, 0, 0])
   np.testing.assert_array_equal(hi[0], [4, 2, 0, 0, 0])
-  _, _, _, same = pm.canonical_pairs(y, garbage)
+  _, _, _, same = oracles.canonical_pairs(y, garbage)
   np.testing.assert_array_equal(same, [True] * 4)
   # Another tokenizer's ids: EOS = 6, PAD = 1 (rows 3 end at their 6).
-  lo, hi, flip, same = pm.canonical_pairs(y, jnp.asarray(Y_PRIME), eos_id=6,
-                                          pad_id=1)
+  lo, hi, flip, same = oracles.canonical_pairs(y, jnp.asarray(Y_PRIME),
+                                               eos_id=6, pad_id=1)
   np.testing.assert_array_equal(lo[3], [6, 1, 1, 1, 1])
   np.testing.assert_array_equal(same, [False, False, False, True])
 
@@ -268,7 +262,7 @@ def test_judge_averages_two_next_token_softmaxes(tied):
   sequence building, canonical order and masking."""
   config = dataclasses.replace(CONFIG, tie_embeddings=tied)
   params = _judge_params(config=config)
-  judge = JUDGE if tied else pm.make_judge(config, TEMPLATE)
+  judge = JUDGE if tied else oracles.make_judge(config, TEMPLATE)
   t = TEMPLATE
 
   def rows(first, second):
@@ -283,7 +277,7 @@ def test_judge_averages_two_next_token_softmaxes(tied):
                                                   t.answer_second]]
   p_first = np.exp(two[:, 0]) / np.exp(two).sum(axis=1)
   p_yy, p_swapped = np.split(p_first, 2)
-  first = _jit(pm.judge_first_probability, static_argnums=(0, 2))
+  first = _jit(oracles.judge_first_probability, static_argnums=(0, 2))
   np.testing.assert_allclose(
       first(config, params, TEMPLATE, _contexts(), Y, Y_PRIME), p_yy,
       rtol=1e-5)
@@ -328,10 +322,10 @@ def _transitive_data():
   truth that needs the prompt's topic; Bernoulli labels of uniformly drawn
   listed responses."""
   env = T.token_env_params(T.TokenEnvSpec(annotator_weights=(1.0, 0.0, 0.0)))
-  make = _jit(pm.make_comparisons, static_argnums=(1, 2, 3, 5, 6))
+  make = _jit(oracles.make_comparisons, static_argnums=(1, 2, 3, 5, 6))
   return make(jax.random.PRNGKey(0), functools.partial(T.sample_contexts, env),
-              _uniform_sampler(env), pm.annotator_oracle(),
-              pm.annotator_params(env), NUM_TRAIN, NUM_HELD_OUT)
+              _uniform_sampler(env), oracles.annotator_oracle(),
+              oracles.annotator_params(env), NUM_TRAIN, NUM_HELD_OUT)
 
 
 @functools.lru_cache
@@ -342,7 +336,7 @@ def _condorcet_data():
   (tiled 85 times to ``NUM_HELD_OUT``: the same means) and their truth."""
   spec = T.TokenEnvSpec()
   env = T.token_env_params(spec)
-  annotators = pm.annotator_params(env)
+  annotators = oracles.annotator_params(env)
   styles = np.stack([np.stack([s.build(spec, x) for s in
                                T.CONDORCET_STYLES.values()])
                      for x in range(spec.num_prompts)])         # [X, 3, L]
@@ -350,18 +344,18 @@ def _condorcet_data():
       np.arange(spec.num_prompts), np.arange(3), np.arange(3),
       indexing='ij'))
   rows = np.arange(NUM_TRAIN) % len(prompt)
-  pairs = pm.Pairs(_env_contexts(env, prompt[rows]),
-                   jnp.asarray(styles[prompt[rows], first[rows]]),
-                   jnp.asarray(styles[prompt[rows], second[rows]]))
+  pairs = oracles.Pairs(_env_contexts(env, prompt[rows]),
+                        jnp.asarray(styles[prompt[rows], first[rows]]),
+                        jnp.asarray(styles[prompt[rows], second[rows]]))
   labels = _annotators(annotators, pairs.x, pairs.y, pairs.y_prime)
   cycle = np.repeat(np.arange(spec.num_prompts), 3)
-  edges = pm.Pairs(_env_contexts(env, cycle),
-                   jnp.asarray(styles.reshape(-1, styles.shape[-1])),
-                   jnp.asarray(np.roll(styles, -1, axis=1).reshape(
-                       -1, styles.shape[-1])))
+  edges = oracles.Pairs(_env_contexts(env, cycle),
+                        jnp.asarray(styles.reshape(-1, styles.shape[-1])),
+                        jnp.asarray(np.roll(styles, -1, axis=1).reshape(
+                            -1, styles.shape[-1])))
   truth = _annotators(annotators, edges.x, edges.y, edges.y_prime)
-  train = pm.Comparisons(pairs, labels, labels)
-  return train, pm.Comparisons(*_tile((edges, truth, truth), 85))
+  train = oracles.Comparisons(pairs, labels, labels)
+  return train, oracles.Comparisons(*_tile((edges, truth, truth), 85))
 
 
 @functools.lru_cache
@@ -380,8 +374,8 @@ def _reward_fits():
       ('fit', transitive, transitive.labels, held_out),
       ('shuffled', transitive, shuffled, held_out),
       ('condorcet', condorcet, condorcet.labels, edges)):
-    params = pm.fit(jax.random.PRNGKey(2), REWARD, init, train.pairs, labels,
-                    STEPS, BATCH, LEARNING_RATE)
+    params = oracles.fit(jax.random.PRNGKey(2), REWARD, init, train.pairs,
+                         labels, STEPS, BATCH, LEARNING_RATE)
     out[name] = {k: float(v) for k, v in _evaluate(
         REWARD.oracle(), params, test.pairs, test.probabilities).items()}
   return out
@@ -417,9 +411,9 @@ def test_pairwise_model_represents_a_condorcet_cycle():
   edge = (sigmoid(4.0) + sigmoid(2.0) + sigmoid(-6.0)) / 3   # tau = 2
   np.testing.assert_allclose(edges.probabilities, edge, rtol=1e-12)
   floor = edge * np.log(2 * edge) + (1 - edge) * np.log(2 * (1 - edge))
-  params = pm.fit(jax.random.PRNGKey(2), PAIRWISE,
-                  _init_scorer(jax.random.PRNGKey(1)), train.pairs,
-                  train.labels, STEPS, BATCH, LEARNING_RATE)
+  params = oracles.fit(jax.random.PRNGKey(2), PAIRWISE,
+                       _init_scorer(jax.random.PRNGKey(1)), train.pairs,
+                       train.labels, STEPS, BATCH, LEARNING_RATE)
   pairwise = {k: float(v) for k, v in _evaluate(
       PAIRWISE.oracle(), params, edges.pairs, edges.probabilities).items()}
   reward = _reward_fits()['condorcet']
@@ -436,10 +430,11 @@ def test_pairwise_model_represents_a_condorcet_cycle():
 def test_evaluate_fit_by_hand():
   q = jnp.array([0.9, 0.2, 0.5, 0.7, 0.4])
   p = jnp.array([0.8, 0.6, 0.3, 0.5, 0.1])
-  stub = pm.PreferenceOracle('stub', lambda params, x, y, y_prime: params)
-  pairs = pm.Pairs(_contexts(np.ones((5, 2), np.int32)),
-                   jnp.zeros((5, 3), jnp.int32), jnp.zeros((5, 3), jnp.int32))
-  out = _jit(pm.evaluate_fit, static_argnums=0)(stub, q, pairs, p)
+  stub = oracles.PreferenceOracle('stub', lambda params, x, y, y_prime: params)
+  pairs = oracles.Pairs(_contexts(np.ones((5, 2), np.int32)),
+                        jnp.zeros((5, 3), jnp.int32),
+                        jnp.zeros((5, 3), jnp.int32))
+  out = _jit(oracles.evaluate_fit, static_argnums=0)(stub, q, pairs, p)
   # Non-ties: right, wrong, half (q = 1/2), right; the tie is excluded.
   assert float(out['accuracy']) == pytest.approx(2.5 / 4)
   qn, pn = np.asarray(q, float), np.asarray(p, float)
@@ -456,8 +451,8 @@ def test_outcomes_and_environment_with_oracle():
   env_params = T.token_env_params(spec)
   env = T.make_token_environment(spec, lambda ref, x, y: jnp.zeros(
       y.shape[:1]))
-  learned = pm.with_oracle(env, PAIRWISE.oracle(), _scorer_params(),
-                           'probability')
+  learned = oracles.with_oracle(env, PAIRWISE.oracle(), _scorer_params(),
+                                'probability')
   np.testing.assert_allclose(
       _jit(learned.outcomes)(env_params, jax.random.PRNGKey(0),
                              _contexts(), Y, Y_PRIME),
@@ -470,33 +465,35 @@ def test_outcomes_and_environment_with_oracle():
   xs = _env_contexts(env_params, np.zeros(n, np.int32))
   ys = jnp.broadcast_to(env_params.responses[5], (n, 4))
   yps = jnp.broadcast_to(env_params.responses[100], (n, 4))
-  outcomes = _jit(pm.oracle_outcomes, static_argnums=(0, 6))
-  o = outcomes(pm.annotator_oracle(), env_params, jax.random.PRNGKey(1), xs,
-               ys, yps, 'bernoulli')
-  prob = float(_annotators(pm.annotator_params(env_params), xs, ys, yps)[0])
+  outcomes = _jit(oracles.oracle_outcomes, static_argnums=(0, 6))
+  o = outcomes(oracles.annotator_oracle(), env_params, jax.random.PRNGKey(1),
+               xs, ys, yps, 'bernoulli')
+  prob = float(_annotators(oracles.annotator_params(env_params), xs, ys,
+                           yps)[0])
   assert 0 < prob < 1
   assert abs(float(jnp.mean(o)) - prob) < 5 * np.sqrt(prob * (1 - prob) / n)
 
 
 def test_bad_settings_are_refused():
-  assert pm.make_preference_model('pairwise', CONFIG).name == 'pairwise'
-  assert pm.make_preference_model('bradley_terry', CONFIG).reward is not None
+  assert oracles.make_preference_model('pairwise', CONFIG).name == 'pairwise'
+  reward = oracles.make_preference_model('bradley_terry', CONFIG).reward
+  assert reward is not None
   with pytest.raises(ConfigError, match='preference_model'):
-    pm.make_preference_model('reward', CONFIG)
+    oracles.make_preference_model('reward', CONFIG)
   with pytest.raises(ConfigError, match='eos_id'):
-    pm.make_reward_model(CONFIG, eos_id=VOCAB)
+    oracles.make_reward_model(CONFIG, eos_id=VOCAB)
   with pytest.raises(ConfigError, match='separator'):
-    pm.make_pairwise_model(CONFIG, separator=(VOCAB,))
+    oracles.make_pairwise_model(CONFIG, separator=(VOCAB,))
   with pytest.raises(ConfigError, match='separator'):
-    pm.make_pairwise_model(CONFIG, separator=())
+    oracles.make_pairwise_model(CONFIG, separator=())
   with pytest.raises(ConfigError, match='judge_template'):
-    pm.make_judge(CONFIG, TEMPLATE._replace(answer_second=3))
+    oracles.make_judge(CONFIG, TEMPLATE._replace(answer_second=3))
   with pytest.raises(ConfigError, match='judge_template'):
-    pm.make_judge(CONFIG, TEMPLATE._replace(suffix=(VOCAB + 1,)))
+    oracles.make_judge(CONFIG, TEMPLATE._replace(suffix=(VOCAB + 1,)))
   with pytest.raises(ConfigError, match='vocab_size'):
-    pm.synthetic_judge_template(4)
+    oracles.synthetic_judge_template(4)
   with pytest.raises(ConfigError, match='outcome'):
-    pm.with_oracle(None, JUDGE, None, outcome='soft')
+    oracles.with_oracle(None, JUDGE, None, outcome='soft')
 
 
 def test_bfloat16_fit_tracks_the_float32_fit():
@@ -509,14 +506,14 @@ def test_bfloat16_fit_tracks_the_float32_fit():
   init = _init_scorer(jax.random.PRNGKey(1))
   low = jax.tree.map(lambda x: x.astype(jnp.bfloat16)
                      if jnp.issubdtype(x.dtype, jnp.floating) else x, init)
-  state = pm.fit_optimizer(LEARNING_RATE, 1e-4, 1.0).init(low)
+  state = oracles.fit_optimizer(LEARNING_RATE, 1e-4, 1.0).init(low)
   # Without in_float32 adam's moments take the parameters' dtype.
   assert {x.dtype for x in jax.tree.leaves(state)
           if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype('float32')}
   fits = {}
   for name, params in (('float32', init), ('bfloat16', low)):
-    fitted = pm.fit(jax.random.PRNGKey(2), PAIRWISE, params, train.pairs,
-                    train.labels, STEPS, BATCH, LEARNING_RATE)
+    fitted = oracles.fit(jax.random.PRNGKey(2), PAIRWISE, params, train.pairs,
+                         train.labels, STEPS, BATCH, LEARNING_RATE)
     assert {x.dtype for x in jax.tree.leaves(fitted)
             if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(name)}
     fits[name] = {k: float(v) for k, v in _evaluate(

@@ -1,31 +1,25 @@
-"""Post-training a Hugging Face checkpoint with NLHF (``experiments.
-post_train``; issue 10, items 1 and 6).
+"""Post-training a Hugging Face checkpoint (``experiments.post_train``).
 
-Settings in, result files out, as for the token game, with the same
-algorithms, trainer, checkpoints and result writers:
+The reference pi_ref is the checkpoint (after SFT on ``--sft_data`` if
+asked); every seed starts there, the sampled algorithm trains the policy
+against the text environment (:mod:`nash_jax.environments.text`) whose
+preference queries the judge answers, and every evaluation estimates by
+sampling the win rate against ``pi_ref`` under the judge and
+``KL(pi || pi_ref)`` (:func:`nash_jax.evaluation.sampled_evaluator`).
+Validation reads every input file (the checkpoint, the tokenizer, the
+prompt file, the judge, its template, the SFT corpus) before any work.
 
-* :class:`PostTrainConfig`, :func:`validate_post_train`: every setting
-  checked, and every file read (the checkpoint, the tokenizer, the prompt
-  file, the judge, its template, the SFT corpus), before any work;
-* :func:`run_post_train`: the reference is the checkpoint (after SFT on
-  ``--sft_data`` if asked), every seed starts there, the sampled algorithm
-  trains the policy against the text environment
-  (:mod:`nash_jax.environments.text`) whose preference queries the judge
-  answers, and every evaluation estimates by sampling the win rate against
-  ``pi_ref`` under the judge and ``KL(pi || pi_ref)``
-  (:func:`nash_jax.evaluation.sampled_evaluator`);
-* :func:`write_post_train_results`: ``config.json``, ``metrics.csv``,
-  ``samples.jsonl`` (decoded text), ``oracle.json``, ``reference.json``
-  (with SFT), ``final_model/seed_<s>/`` (a Hugging Face checkpoint of each
-  seed's policy, in the source's layout and stored dtype),
-  ``manifest.json`` and ``summary.json`` (last).
+Files: ``config.json``, ``metrics.csv``, ``samples.jsonl`` (decoded text),
+``oracle.json``, ``reference.json`` (with SFT), ``final_model/seed_<s>/``
+(a Hugging Face checkpoint of each seed's policy, in the source's layout
+and stored dtype), ``manifest.json`` and ``summary.json`` (last).
 
-The judge (:func:`nash_jax.preference_models.make_judge`): a language
-model of the same tokenizer (``--judge_dir``, default the policy's own
-checkpoint) asked with a template which of two responses is better; the
-probability is its next-token softmax over the two answer tokens, averaged
-over both orders. With no other ground truth for text, the judge is both
-the training oracle and the evaluation's.
+The judge (:func:`nash_jax.oracles.make_judge`): a language model of the
+same tokenizer (``--judge_dir``, default the policy's own checkpoint)
+asked with a template which of two responses is better; the probability is
+its next-token softmax over the two answer tokens, averaged over both
+orders. With no other ground truth for text, the judge is both the
+training oracle and the evaluation's.
 """
 
 from __future__ import annotations
@@ -33,54 +27,34 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nash_jax import algorithms as algorithms_lib
-from nash_jax import evaluation, preference_models, sft
+from nash_jax import evaluation, hf, oracles, sft
+from nash_jax import io as io_lib
 from nash_jax.algorithms import AlgorithmConfig
 from nash_jax.environments import text as text_lib
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
-from nash_jax.experiment.config import (
-  _EXACT_ONLY,
-  LM_DTYPES,
-  LM_SWEEPABLE,
-  OracleConfig,
-  ParallelConfig,
-  RunConfig,
-  SampleLogConfig,
-  SamplingConfig,
-  SFTConfig,
-  _check_dtype,
-  _check_int_sizes,
-  _check_outputs,
-  _check_seed,
-  _positive_int,
-  _resolved,
-  check_data_parallel,
-  check_model_parallel,
-  lm_compute_dtype,
-  resolve_algorithm,
-  resolve_seed_block,
-)
-from nash_jax.experiment.inputs import lm_policy, seed_keys
+from nash_jax.experiment import checks
 from nash_jax.experiment.results import (
   Results,
-  atomic_write,
-  write_json,
   write_results,
+  write_samples,
 )
-from nash_jax.experiment.run import run_cost, train_recorded
-from nash_jax.policies import hf, sequence
+from nash_jax.experiment.run import run_cost, seed_keys, static_settings
+from nash_jax.experiment.task import OutcomeConfig, RunConfig, RunPlan, Task
+from nash_jax.policies import sequence
 from nash_jax.settings import compose, group_of, setting
+from nash_jax.tasks import language_model as lm
+from nash_jax.tasks import oracles as oracles_registry
 
 # The default judge prompt (text; encoded with the judge's tokenizer). An
 # instruct judge usually does better with its chat template: write the
@@ -94,12 +68,6 @@ DEFAULT_TEMPLATE = {
     'answer_second': ' B',
 }
 TEMPLATE_FIELDS = tuple(DEFAULT_TEMPLATE)
-# The online algorithms; the reward-based baselines need a reward model or
-# listed responses that a text environment does not have.
-ALGORITHMS = ('online_ipo', 'self_play_pg', 'nash_prox', 'approx_nash_mp',
-              'nash_md_pg', 'dpo', 'offline_ipo')
-
-
 # bt_rlhf's reward fit, which no algorithm here runs.
 _REWARD_FIT = ('reward_steps', 'reward_learning_rate')
 
@@ -118,9 +86,10 @@ class CheckpointConfig:
       'instruct model\'s chat template in the file). Required.', str)
   max_prompt_length: int | None = setting(
       None, 'Padded prompt width in tokens (default: the longest prompt); '
-      'a longer prompt is refused.', int)
+      'a longer prompt is refused.', int, minimum=1)
   max_length: int = setting(32, 'New tokens per response (maximum); a '
-                            'response that does not end by then is cut.')
+                            'response that does not end by then is cut.',
+                            minimum=1)
   judge_dir: str | None = setting(
       None, 'Hugging Face model directory of the judge, a causal LM with the '
       'same tokenizer (default: --model_dir, the policy\'s own checkpoint '
@@ -134,7 +103,7 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
   """Supervised fine-tuning of the checkpoint on a text corpus before
-  post-training (item 1: a sensible, non-uniform pi_ref)."""
+  post-training (a sensible, non-uniform pi_ref)."""
 
   sft_data: str | None = setting(
       None, 'JSONL corpus: one object per line with "prompt" and "response" '
@@ -144,26 +113,23 @@ class CorpusConfig:
 
 
 PostTrainConfig = compose(
-    'PostTrainConfig', (CheckpointConfig, OracleConfig,
-                        (AlgorithmConfig, _EXACT_ONLY + _REWARD_FIT),
-                        SamplingConfig,
-                        (SFTConfig, ('corpus_stop', 'corpus_topic')),
-                        CorpusConfig, SampleLogConfig, RunConfig,
-                        ParallelConfig),
+    'PostTrainConfig', (CheckpointConfig, OutcomeConfig,
+                        (AlgorithmConfig, lm.EXACT_ONLY + _REWARD_FIT),
+                        lm.SamplingConfig, lm.SFTConfig, CorpusConfig,
+                        lm.SampleLogConfig, RunConfig, lm.ParallelConfig),
     """Every setting of ``experiments.post_train``: the flat composition of
-    :class:`CheckpointConfig`, :class:`~nash_jax.experiment.config.
-    OracleConfig`, :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled
-    mode), :class:`~nash_jax.experiment.config.SamplingConfig`, the SFT
-    settings, :class:`CorpusConfig`, :class:`~nash_jax.experiment.config.
-    SampleLogConfig`, :class:`~nash_jax.experiment.config.RunConfig` and
-    :class:`~nash_jax.experiment.config.ParallelConfig`.""",
+    :class:`CheckpointConfig`, the outcome kind,
+    :class:`~nash_jax.algorithms.AlgorithmConfig` (sampled mode), the
+    temperature, the SFT settings, :class:`CorpusConfig`, the samples, the
+    run and its parallel splits.""",
     {'algorithm_config': lambda self: group_of(self, AlgorithmConfig),
      '__module__': __name__},
     defaults={'mode': 'sampled', 'algorithm': 'nash_prox', 'num_steps': 200,
               'eval_every': 50, 'dtype': 'float32', 'num_seeds': 1,
               'batch_size': 8, 'num_samples': 4,
               'output_dir': 'results/post_train', 'checkpoint_every': 100,
-              'sft_batch_size': 8, 'sft_learning_rate': 1e-5})
+              'sft_batch_size': 8, 'sft_learning_rate': 1e-5},
+    minimums={'num_samples': 1})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +138,7 @@ class Judge:
 
   config: Any
   params: Any = dataclasses.field(compare=False, hash=False, repr=False)
-  template: preference_models.JudgeTemplate = None
+  template: oracles.JudgeTemplate = None
   model_dir: str = ''
 
 
@@ -234,7 +200,7 @@ def _read_template(path, tokenizer):
   if answers[0] == answers[1]:
     raise ConfigError('judge_template', f'{where}: answer_first and '
                       f'answer_second are the same token ({answers[0]})')
-  return preference_models.JudgeTemplate(
+  return oracles.JudgeTemplate(
       ids('prefix'), ids('marker_first'), ids('marker_second'),
       ids('suffix'), answers[0], answers[1])
 
@@ -277,8 +243,9 @@ def _read_corpus(path, tokenizer, ids: sequence.TokenIds, max_length: int,
   return contexts, jnp.asarray(y), report
 
 
-def validate_post_train(config) -> tuple[Any, Loaded]:
-  """Checks every setting and reads every input file before any work.
+def validate(config) -> tuple[Any, Loaded]:
+  """The checks of a checkpoint run (after the kit's shared ones); reads
+  every input file before any work.
 
   Returns:
     ``(config, loaded)``: the resolved config (the algorithm's defaults
@@ -287,50 +254,23 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
   Raises:
     ConfigError: one line naming the flag (and the file).
   """
-  _check_int_sizes(config)
-  if config.algorithm not in ALGORITHMS:
-    raise ConfigError('algorithm', f'{config.algorithm!r} does not run on a '
-                      f'checkpoint; expected one of {", ".join(ALGORITHMS)}')
-  _check_dtype(config, LM_DTYPES)
   for flag in ('model_dir', 'prompts'):
     if not getattr(config, flag):
       raise ConfigError(flag, 'is required')
-  for flag, minimum in (('num_steps', 1), ('eval_every', 1), ('num_seeds', 1),
-                        ('seed_block', 1), ('checkpoint_every', 0),
-                        ('keep_checkpoints', 1), ('num_samples', 1),
-                        ('max_length', 1), ('max_prompt_length', 1),
-                        ('sft_steps', 0), ('sft_batch_size', 1)):
-    if getattr(config, flag) is not None:
-      _positive_int(config, flag, minimum)
-  _check_seed(config)
-  if not (math.isfinite(config.temperature) and config.temperature > 0):
-    raise ConfigError('temperature', f'must be a finite number > 0, got '
-                      f'{config.temperature}')
-  if config.oracle not in text_lib.ORACLES:
-    raise ConfigError('oracle', f'unknown oracle {config.oracle!r}; expected '
-                      f'one of {", ".join(text_lib.ORACLES)}')
-  if not (math.isfinite(config.sft_learning_rate)
-          and config.sft_learning_rate > 0):
-    raise ConfigError('sft_learning_rate', f'must be a finite number > 0, '
-                      f'got {config.sft_learning_rate}')
+  config = lm.check_language_model(config)
   if config.sft_steps and not config.sft_data:
     raise ConfigError('sft_steps', 'needs --sft_data (the corpus to '
                       'fine-tune the checkpoint on)')
-  _check_outputs(config)
-  check_data_parallel(config)
-  if config.data_parallel == 1:
-    config = config.replace(data_parallel=None)
-  if config.schedule == 'cosine' and config.decay_steps is None:
-    config = config.replace(decay_steps=config.num_steps)
   # The model parallel factor against the checkpoint's architecture
   # (config.json only).
-  check_model_parallel(config, hf.checkpoint_config(config.model_dir))
+  checkpoint = hf.open_checkpoint(config.model_dir)
+  lm.check_model_parallel(config, checkpoint.config, from_file=True)
   if config.model_parallel == 1:
     config = config.replace(model_parallel=None)
   # Files, the small ones first, so that a bad prompt file, template or
   # corpus is refused before gigabytes of weights are read.
   prompt_texts = hf.read_prompts(config.prompts, 'prompts')
-  tokenizer = hf.load_tokenizer(config.model_dir)
+  tokenizer = checkpoint.tokenizer
   if config.max_prompt_length is not None:
     for i, enc in enumerate(tokenizer.encode_batch(prompt_texts)):
       if len(enc.ids) > config.max_prompt_length:
@@ -341,7 +281,8 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
       Path(config.judge_dir).resolve() == Path(config.model_dir).resolve())
   judge_tokenizer = tokenizer
   if not same_judge:
-    judge_tokenizer = hf.load_tokenizer(config.judge_dir, 'judge_dir')
+    judge_checkpoint = hf.open_checkpoint(config.judge_dir, 'judge_dir')
+    judge_tokenizer = judge_checkpoint.tokenizer
     if judge_tokenizer.get_vocab(with_added_tokens=True) != \
         tokenizer.get_vocab(with_added_tokens=True):
       raise ConfigError('judge_dir', f'{config.judge_dir}: its tokenizer '
@@ -351,7 +292,7 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
   if config.sft_data:
     hf.read_prompts(config.sft_data, 'sft_data', 'prompt')
     hf.read_prompts(config.sft_data, 'sft_data', 'response')
-  tconfig, params, info = hf.load_checkpoint(config.model_dir, config.dtype)
+  tconfig, params, info = checkpoint.load(config.dtype)
   ids = info.token_ids
   contexts = hf.encode_prompts(tokenizer, prompt_texts, ids.pad,
                                config.max_prompt_length,
@@ -359,19 +300,17 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
   if same_judge:
     judge = Judge(tconfig, params, template, str(config.model_dir))
   else:
-    jconfig, jparams, _ = hf.load_checkpoint(config.judge_dir, config.dtype,
-                                             'judge_dir')
+    jconfig, jparams, _ = judge_checkpoint.load(config.dtype)
     judge = Judge(jconfig, jparams, template, str(config.judge_dir))
   _check_template_ids(template, judge.config.vocab_size,
                       config.judge_template)
   corpus = None
   if config.sft_data:
     corpus = _read_corpus(config.sft_data, tokenizer, ids, config.max_length)
-  alg_config = resolve_algorithm(config, len(prompt_texts), 1,
-                                 'transformer')
-  config = resolve_seed_block(config, True, None, language_model=True)
-  config = _resolved(config, alg_config, ('eta', 'learning_rate',
-                                          'inner_steps', 'optimizer'))
+  alg_config = checks.resolve_algorithm(config, len(prompt_texts), 1,
+                                        'transformer')
+  config = checks.resolve_seed_block(config, True, None, language_model=True)
+  config = checks.resolve_run(config, alg_config)
   return config, Loaded(tconfig, params, info, tokenizer, prompt_texts,
                         contexts, judge, corpus)
 
@@ -380,31 +319,32 @@ def validate_post_train(config) -> tuple[Any, Loaded]:
 
 
 @functools.lru_cache(maxsize=16)
-def _maker(name: str, structure, tconfig, max_length: int, ids, oracle_fn,
-           oracle: str):
+def _maker(name: str, static: tuple, tconfig, max_length: int, ids,
+           oracle_fn, outcome: str):
   """``make(hyper) -> Algorithm`` (cached per structure, so the trainer's
   compiled functions are reused)."""
 
   def make(hyper):
-    temperature = hyper['temperature']
+    hyper, temperature = lm.split_hyper(hyper)
     return algorithms_lib.make_algorithm(
-        name, structure.replace(**{k: v for k, v in hyper.items()
-                                   if k != 'temperature'}),
-        lm_policy(tconfig, max_length, temperature, ids),
-        _environment(tconfig, ids, oracle_fn, oracle, temperature))
+        name, AlgorithmConfig(**dict(static), **hyper),
+        lm.sequence_policy(tconfig, max_length, temperature, ids),
+        environment(tconfig, ids, oracle_fn, outcome, temperature))
   return make
 
 
-def _environment(tconfig, ids, oracle_fn, oracle, temperature):
+def environment(tconfig, ids, oracle_fn, outcome, temperature):
+  """The text environment: the reference scores responses at the policy's
+  ``temperature``, ``oracle_fn`` answers preference queries."""
   return text_lib.make_text_environment(
       lambda ref, x, y: sequence.log_prob(tconfig, ref, x, y, temperature,
-                                          ids), oracle_fn, oracle)
+                                          ids), oracle_fn, outcome)
 
 
 @functools.lru_cache(maxsize=16)
-def _env_of(tconfig, ids, oracle_fn, oracle):
-  return lambda hyper: _environment(tconfig, ids, oracle_fn, oracle,
-                                    hyper['temperature'])
+def _env_of(tconfig, ids, oracle_fn, outcome):
+  return lambda hyper: environment(tconfig, ids, oracle_fn, outcome,
+                                   hyper['temperature'])
 
 
 @dataclasses.dataclass
@@ -452,58 +392,50 @@ def _fine_tune(config, loaded: Loaded, log):
   return tuned, report
 
 
-def run_post_train(config, loaded: Loaded,
-                   log: Callable[[str], None] = print) -> PostTrainResults:
-  """Runs a validated config (:func:`validate_post_train`): every seed in
-  one compiled call per evaluation chunk, checkpointed and resumable like
-  every run. Returns the :class:`PostTrainResults`."""
-  start = time.time()
-  if jax.process_index() != 0:
-    log = lambda line: None
+def plan(configs, loaded: Loaded, log) -> RunPlan:
+  """The reference (after SFT), the judge as the oracle, its parameters in
+  the environment data (arguments of the compiled step, not constants; a
+  judge that is the checkpoint itself shares its buffers with the loaded
+  weights), and the trainer's arguments."""
+  config = configs[0]
   ids, tconfig, judge = loaded.info.token_ids, loaded.tconfig, loaded.judge
   log(f'[{config.algorithm}] {loaded.info.model_type} checkpoint '
       f'{config.model_dir}: {tconfig.num_layers} layers, d={tconfig.d_model}, '
       f'vocabulary {tconfig.vocab_size}; {len(loaded.prompt_texts)} prompts; '
       f'judge {judge.model_dir}')
   reference, reference_report = _fine_tune(config, loaded, log)
-  oracle = preference_models.make_judge(judge.config, judge.template,
-                                        eos_id=ids.eos, pad_id=ids.pad)
-  dtype = lm_compute_dtype(config)
-  # The judge's parameters travel in the environment data (arguments of the
-  # compiled step, not constants); a judge that is the checkpoint itself
-  # shares its buffers with the loaded weights.
+  judged = oracles_registry.build('judge', 'post_train', config, loaded, log)
+  oracle = judged.oracle
+  dtype = lm.compute_dtype(config)
   env_params = text_lib.text_env_params(loaded.contexts, reference,
-                                        judge.params, dtype)
-  structure = config.algorithm_config().replace(
-      **{k: 'swept' for k in LM_SWEEPABLE if k != 'temperature'
-         and getattr(config, k) is not None})
-  make = _maker(config.algorithm, structure, tconfig, config.max_length, ids,
-                oracle.probability, config.oracle)
-  env_of = _env_of(tconfig, ids, oracle.probability, config.oracle)
+                                        judged.params, dtype)
+  make = _maker(config.algorithm,
+                static_settings(config.algorithm_config(),
+                                TASK.runtime_names(config)),
+                tconfig, config.max_length, ids, oracle.probability,
+                config.outcome)
+  env_of = _env_of(tconfig, ids, oracle.probability, config.outcome)
   evaluate = evaluation.sampled_evaluator(make, env_of, oracle.probability,
                                           config.num_samples, ids)
-  hyper = {k: np.repeat(np.asarray(getattr(config, k), dtype),
-                        config.num_seeds)
-           for k in LM_SWEEPABLE if getattr(config, k) is not None}
+  hyper = {k: np.repeat(np.asarray(v, dtype), config.num_seeds)
+           for k, v in TASK.hyperparameters(config).items()}
   _, run_keys = seed_keys(config)
-  state, rows = train_recorded(
-      config, make, evaluate, run_keys, env_params, None, hyper,
-      shared=True, output_dir=config.output_dir,
-      checkpoint_config=dataclasses.asdict(config),
-      checkpoint_every=config.checkpoint_every, stream=True, log=log,
-      start=start)
+  return RunPlan(make, evaluate, run_keys, env_params, None, hyper,
+                 shared=True, context=dict(
+                     loaded=loaded, reference_report=reference_report,
+                     oracle_report=judged.report))
+
+
+def collect(configs, plan_: RunPlan, state, rows, start: float):
+  """The :class:`PostTrainResults` of the run (one config)."""
+  config, ctx = configs[0], plan_.context
   wall = time.time() - start
-  cost = run_cost(make, hyper, state, env_params, True, config.num_steps,
-                  wall)
-  oracle_report = {
-      'oracle': 'judge', 'judge_dir': judge.model_dir,
-      'template_file': config.judge_template,
-      'template_ids': judge.template._asdict(),
-      'outcome': config.oracle}
-  return PostTrainResults(config, rows, None, None, wall, cost,
-                          final_params=state.params, loaded=loaded,
-                          reference_report=reference_report,
-                          oracle_report=oracle_report)
+  cost = run_cost(plan_.make, plan_.hyper, state, plan_.env_params, True,
+                  config.num_steps, wall)
+  return [PostTrainResults(config, rows, None, None, wall, cost,
+                           final_params=state.params, loaded=ctx['loaded'],
+                           reference_report=ctx['reference_report'],
+                           oracle_report=ctx['oracle_report'])]
 
 
 # ------------------------------------------------------------------ results
@@ -532,27 +464,21 @@ def sample_records(results: PostTrainResults):
                'ref_log_prob': float(row['sample_ref_log_prob'][i][j])}
 
 
-def write_post_train_results(results: PostTrainResults,
-                             output_dir: str | None = None) -> None:
+def write(results: PostTrainResults, output_dir: str | None = None) -> None:
   """Writes the files of :func:`~nash_jax.experiment.results.write_results`
   (no ``final_policy.npy`` / ``equilibrium.npy``: nothing is listed) and
   samples.jsonl, oracle.json, reference.json (after SFT) and
   ``final_model/seed_<s>/``, each seed's policy as a Hugging Face
   checkpoint in the source's stored dtype (tokenizer and generation config
-  copied), loadable by :func:`nash_jax.policies.hf.load_checkpoint` and by
+  copied), loadable by :func:`nash_jax.hf.load_checkpoint` and by
   transformers."""
   loaded = results.loaded
 
-  def write_jsonl(tmp):
-    with open(tmp, 'w') as f:
-      for record in sample_records(results):
-        f.write(json.dumps(record) + '\n')
-
   def extra(join):
-    atomic_write(join('samples.jsonl'), write_jsonl)
-    write_json(join('oracle.json'), results.oracle_report)
+    write_samples(join('samples.jsonl'), sample_records(results))
+    io_lib.write_json(join('oracle.json'), results.oracle_report)
     if results.reference_report is not None:
-      write_json(join('reference.json'), results.reference_report)
+      io_lib.write_json(join('reference.json'), results.reference_report)
     for i in range(results.config.num_seeds):
       params = jax.tree.map(lambda a, i=i: np.asarray(a[i]),
                             results.final_params)
@@ -563,3 +489,14 @@ def write_post_train_results(results: PostTrainResults,
           flag='output_dir')
 
   write_results(results, output_dir, extra)
+
+
+def structure(config):
+  """A checkpoint run is a single run (no sweep)."""
+  return config
+
+
+TASK = Task(name='post_train', what='a checkpoint',
+            settings=PostTrainConfig, dtypes=lm.DTYPES, validate=validate,
+            plan=plan, collect=collect, write=write, structure=structure,
+            runtime=('temperature',), sweepable=())
