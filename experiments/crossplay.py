@@ -32,6 +32,7 @@ from absl import app, flags
 from experiments import common
 from nash_jax import crossplay, experiment
 from nash_jax import io as io_lib
+from nash_jax.distributions import OUTCOMES
 from nash_jax.games import GameFileError, load_game
 
 flags.DEFINE_list('runs', [], 'Result directories of finished runs on one '
@@ -112,8 +113,8 @@ def main(argv):
     common.fail('--runs: must name at least one result directory')
   if f.comparisons < 2:
     common.fail(f'--comparisons: must be >= 2, got {f.comparisons}')
-  if f.outcome not in ('bernoulli', 'probability'):
-    common.fail(f'--outcome: must be bernoulli or probability, got '
+  if f.outcome not in OUTCOMES:
+    common.fail(f'--outcome: must be {" or ".join(OUTCOMES)}, got '
                 f'{f.outcome!r}')
   game_path = f.game or os.path.join(f.runs[0], 'game.npz')
   try:

@@ -1,5 +1,5 @@
-"""Helpers shared by the test files: random NumPy games, seed-sweep setups
-and their bit-identity check, the exact gradients the sampled estimators
+"""Helpers shared by the test files: the cases the fast tier keeps, random
+NumPy games, seed-sweep setups and their bit-identity check, the exact gradients the sampled estimators
 are tested against, and the environment of a child process (XLA flags, fake
 devices).
 
@@ -15,9 +15,24 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nash_jax import rules
 from nash_jax.games import generate_game, win_rates
+
+# --------------------------------------------------------------------------
+# The fast tier (``pytest -m 'not slow'``, BUILD.md).
+
+
+def slow_except(cases, fast, key=lambda case: case):
+  """``cases`` for ``pytest.mark.parametrize``, each marked ``slow`` unless
+  ``key(case)`` is in ``fast``: the fast tier runs the cases of ``fast``,
+  the full suite all of them (same ids). A tuple case is one value per
+  argument name."""
+  return [pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                       marks=() if key(case) in fast else pytest.mark.slow)
+          for case in cases]
+
 
 # --------------------------------------------------------------------------
 # Random games in NumPy.

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import slow_except
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import reference
@@ -132,6 +133,10 @@ SAMPLED_CASES = {  # name -> extra flags
             '--feature_dim=3', '--num_contexts=2', '--hidden_sizes=8,8'],
 }
 SAMPLED_SINGLES = ('online_ipo', 'mlp')
+
+# The cases the fast tier (-m 'not slow') keeps; the full suite runs all.
+FAST_ALGORITHMS = {'nash_mp', 'online_ipo'}
+FAST_SAMPLED = {'online_ipo', 'nash_prox'}
 
 
 def _sampled_args(name, num_seeds=3, seed=4):
@@ -484,7 +489,8 @@ def check_refused(run: Run, out: Path, expected_code=2,
 # experiments.matrix_game, end to end.
 
 
-@pytest.mark.parametrize('algorithm', ALGORITHM_NAMES)
+@pytest.mark.parametrize('algorithm', slow_except(
+    ALGORITHM_NAMES, FAST_ALGORITHMS))
 @uses(lambda algorithm: [f'sweep/{algorithm}'])
 def test_matrix_game_every_algorithm(runner, algorithm):
   run, out = runner.get(f'sweep/{algorithm}')
@@ -535,7 +541,8 @@ def test_matrix_game_every_algorithm(runner, algorithm):
                                   rel=1e-3)
 
 
-@pytest.mark.parametrize('name,algorithm,extra', SWEEP_CASES,
+@pytest.mark.parametrize('name,algorithm,extra', slow_except(
+    SWEEP_CASES, FAST_ALGORITHMS, key=lambda c: c[0]),
                          ids=[c[0] for c in SWEEP_CASES])
 @uses(lambda name, algorithm, extra: [
     f'sweep/{name}' if extra else f'sweep/{algorithm}', f'single/{name}'])
@@ -565,6 +572,7 @@ def test_sweep_seed_equals_single_run(runner, name, algorithm, extra):
          sweep.by_seed.values()], 0.5)
 
 
+@pytest.mark.slow
 @uses(lambda: ['beta0'])
 def test_beta_zero_runs_against_a_von_neumann_winner(runner):
   _, out = runner.get('beta0')
@@ -607,7 +615,7 @@ def np_metrics(policy, preferences, ref, weights, beta, eq):
   }
 
 
-@pytest.mark.parametrize('kind', ['npy', 'npz'])
+@pytest.mark.parametrize('kind', slow_except(['npy', 'npz'], {'npz'}))
 @uses(lambda kind: [f'file/{kind}'])
 def test_game_file(runner, kind):
   _, out = runner.get(f'file/{kind}')
@@ -645,7 +653,7 @@ def test_game_file(runner, kind):
       layout.rows[0]['kl_to_equilibrium'])
 
 
-@pytest.mark.parametrize('game', list(GENERATORS))
+@pytest.mark.parametrize('game', slow_except(GENERATORS, {'random'}))
 @uses(lambda game: ['sweep/nash_mp'] + (
     [f'game/{game}'] if game != 'random' else []))
 def test_generated_game_families(runner, game):
@@ -728,7 +736,8 @@ def test_compare(runner):
 # experiments.matrix_game --mode=sampled, end to end.
 
 
-@pytest.mark.parametrize('name', list(SAMPLED_CASES))
+@pytest.mark.parametrize('name', slow_except(SAMPLED_CASES,
+                                             FAST_SAMPLED))
 @uses(lambda name: [f'sampled/{name}'])
 def test_matrix_game_sampled(runner, name):
   run, out = runner.get(f'sampled/{name}')
@@ -784,7 +793,8 @@ def test_matrix_game_sampled(runner, name):
       assert np.max(np.abs(coef[:phi.shape[-1]])) > 1e-4
 
 
-@pytest.mark.parametrize('name', SAMPLED_SINGLES)
+@pytest.mark.parametrize('name', slow_except(SAMPLED_SINGLES,
+                                             FAST_SAMPLED))
 @uses(lambda name: [f'sampled/{name}', f'sampled-single/{name}'])
 def test_sampled_sweep_seed_equals_single_run(runner, name):
   sweep = check_layout(runner.get(f'sampled/{name}')[1])
@@ -1095,6 +1105,7 @@ def test_real_process_matches_forked_run(runner, tmp_path):
   assert strip(run.stdout) == strip(forked_run.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,args,fragment', [
     (MATRIX_GAME, ['--algorithm=foo'], '--algorithm'),
     (COMPARE, ['--algorithms=nash_mp,foo'], '--algorithm'),

@@ -11,10 +11,10 @@ saved weights).
 ``tests/fingerprints.json`` holds, per case, the platform it was recorded
 on (:func:`platform`: the CPU's instruction-set features, the jaxlib
 version, the machine and ``XLA_FLAGS``) and, per file, its SHA-256 and its
-values (numbers of ``.npy`` files and of CSV/JSONL columns; sums, sums of
-squares and largest magnitudes of saved tensors). XLA:CPU compiles for the
-instruction set it finds (AVX-512 or not, FMA or not), and the rounding
-follows, so:
+values (numbers of ``.npy`` files and of CSV/JSONL columns; sums of
+magnitudes and of squares and largest magnitudes of saved tensors). XLA:CPU
+compiles for the instruction set it finds (AVX-512 or not, FMA or not), and
+the rounding follows, so:
 
 * on the platform that recorded a case, every file must be unchanged bit
   for bit (the test id ends in ``bitwise``);
@@ -141,12 +141,12 @@ CASES = {
 }
 
 # Largest |recorded - found| / max(|recorded|, FLOOR) accepted on another
-# platform, per case (measured with --xla_cpu_max_isa=AVX2 against AVX-512
-# recordings, then given a margin of at least 10x; see BUILD.md).
+# platform, per case: at least 10x the differences measured with
+# --xla_cpu_max_isa=AVX2 and SSE4_2 against the AVX-512 recording (BUILD.md).
 FLOOR = 1e-6
-TOLERANCE = {name: 1e-9 for name in CASES}
-TOLERANCE.update({'nash_md_pg_float32': 1e-4, 'token_game_sweep': 1e-4,
-                  'token_game_online_ipo': 1e-4, 'post_train': 1e-3})
+TOLERANCE = {name: 1e-8 for name in CASES}
+TOLERANCE.update({'nash_md_pg_float32': 1e-4, 'token_game_sweep': 1e-3,
+                  'token_game_online_ipo': 1e-3, 'post_train': 1e-2})
 
 # CPU features that change what XLA:CPU (LLVM) generates.
 ISA_FEATURES = (
@@ -191,7 +191,7 @@ def _number(text: str):
 def values_of(path: Path):
   """The values of a result file: a flat list for ``.npy``; column ->
   values for CSV and JSONL (numbers as floats, other values as they are);
-  per tensor ``[sum, sum of squares, max |x|]`` (float64) for
+  per tensor ``[sum |x|, sum of squares, max |x|]`` (float64) for
   ``.safetensors``."""
   if path.suffix == '.npy':
     return [float(v) for v in np.load(path).astype(np.float64).ravel()]
@@ -207,9 +207,9 @@ def values_of(path: Path):
     from safetensors.numpy import load_file
     out = {}
     for name, t in sorted(load_file(str(path)).items()):
-      t = t.astype(np.float64)
-      out[name] = [float(t.sum()), float((t * t).sum()),
-                   float(np.abs(t).max())]
+      t = np.abs(t.astype(np.float64))
+      # No signed sums: their cancellation would amplify a rounding change.
+      out[name] = [float(t.sum()), float((t * t).sum()), float(t.max())]
     return out
   raise ValueError(f'no values for {path}')
 

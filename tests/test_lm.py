@@ -134,6 +134,7 @@ def test_online_ipo_gradient_on_transformer_is_unbiased(online_ipo_case):
         exact_self_play(log_pi, game, BETA), params, env_params))
 
 
+@pytest.mark.slow
 def test_self_play_pg_gradient_on_transformer_is_unbiased():
   env_params, game, algorithm, state, params = _setup('self_play_pg')
   samples = _batch_gradients(algorithm, state, env_params)
@@ -145,6 +146,7 @@ def test_self_play_pg_gradient_on_transformer_is_unbiased():
         exact_self_play(log_pi, game, 3 * BETA), params, env_params))
 
 
+@pytest.mark.slow
 def test_nash_prox_gradient_on_transformer_is_unbiased():
   env_params, game, algorithm, state, params = _setup('nash_prox', eta=ETA)
   anchor = _perturbed(params, 2, 0.3)
@@ -161,6 +163,7 @@ def test_nash_prox_gradient_on_transformer_is_unbiased():
         env_params))
 
 
+@pytest.mark.slow
 def test_approx_nash_mp_gradient_on_transformer_is_unbiased():
   inner = 2
   env_params, game, algorithm, state, params = _setup(
@@ -203,6 +206,7 @@ def _token_mixture_log_policy(params, ref, env_params, c):
   return tokens.listed_log_probs(log_prob, None, env_params)
 
 
+@pytest.mark.slow
 def test_nash_md_pg_gradient_on_transformer_is_unbiased():
   mixture = 0.6
   env_params, game, algorithm, state, params = _setup('nash_md_pg',
@@ -230,6 +234,7 @@ def test_nash_md_pg_gradient_on_transformer_is_unbiased():
     assert_unbiased(samples, exact(log_pi))
 
 
+@pytest.mark.slow
 def test_nash_prox_with_anchor_every_step_is_online_ipo_on_transformer():
   env_params = _env_params()
   lr = 0.05

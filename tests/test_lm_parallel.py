@@ -134,9 +134,17 @@ def _start(devices: int, out: Path, dump: Path | None = None):
 
 
 @pytest.fixture(scope='module', autouse=True)
+def _start_runs_first(request):
+  """Starts :func:`runs` with the module's first test when a selected test
+  needs them (the other tests run meanwhile); not at all in the fast tier."""
+  if any('runs' in item.fixturenames for item in request.session.items
+         if item.module is request.module):
+    request.getfixturevalue('runs')
+
+
+@pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """The two runs, started together when the module's first test starts
-  (the other tests run meanwhile): 8 devices with ``data_parallel=8`` (its
+  """The two runs, started together: 8 devices with ``data_parallel=8`` (its
   compiled programs dumped) and 1 device."""
   root = tmp_path_factory.mktemp('lm_parallel')
   procs = {8: _start(8, root / 'eight.npz', root / 'hlo'),

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import slow_except
 
 from nash_jax import oracles
 from nash_jax.environments import tokens as T
@@ -251,7 +252,7 @@ def test_reward_and_pairwise_scores_by_hand():
       sigmoid(forward - backward), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize('tied', [True, False])
+@pytest.mark.parametrize('tied', slow_except([True, False], {False}))
 def test_judge_averages_two_next_token_softmaxes(tied):
   """``P = 1/2 [p(y, y') + 1 - p(y', y)]`` with ``p`` the next-token
   softmax over the two answer ids after the unpadded template (the full
@@ -381,6 +382,7 @@ def _reward_fits():
   return out
 
 
+@pytest.mark.slow
 def test_reward_fit_recovers_transitive_truth():
   """Measured (keys fixed): held-out accuracy 0.947, excess log-loss 0.107
   (three other key sets: 0.88-0.97 and 0.09-0.19)."""
@@ -398,6 +400,7 @@ def test_reward_fit_negative_control_shuffled_labels():
   assert shuffled['excess_log_loss'] > 0.2, shuffled
 
 
+@pytest.mark.slow
 def test_pairwise_model_represents_a_condorcet_cycle():
   """Trained on the nine ordered pairs of the three Condorcet styles per
   prompt (labels = the population's probabilities), the pairwise model gets
@@ -451,11 +454,11 @@ def test_outcomes_and_environment_with_oracle():
   env_params = T.token_env_params(spec)
   env = T.make_token_environment(spec, lambda ref, x, y: jnp.zeros(
       y.shape[:1]))
-  learned = oracles.with_oracle(env, PAIRWISE.oracle(), _scorer_params(),
-                                'probability')
+  # The oracle's parameters are the environment data's (env_params.oracle).
+  learned = oracles.with_oracle(env, PAIRWISE.oracle(), 'probability')
   np.testing.assert_allclose(
-      _jit(learned.outcomes)(env_params, jax.random.PRNGKey(0),
-                             _contexts(), Y, Y_PRIME),
+      _jit(learned.outcomes)(env_params.replace(oracle=_scorer_params()),
+                             jax.random.PRNGKey(0), _contexts(), Y, Y_PRIME),
       _jitted('pairwise')(_scorer_params(), _contexts(), Y, Y_PRIME),
       rtol=0, atol=1e-6)
   assert learned.game is env.game and learned.contexts is env.contexts
@@ -493,9 +496,10 @@ def test_bad_settings_are_refused():
   with pytest.raises(ConfigError, match='vocab_size'):
     oracles.synthetic_judge_template(4)
   with pytest.raises(ConfigError, match='outcome'):
-    oracles.with_oracle(None, JUDGE, None, outcome='soft')
+    oracles.with_oracle(None, JUDGE, outcome='soft')
 
 
+@pytest.mark.slow
 def test_bfloat16_fit_tracks_the_float32_fit():
   """With bfloat16 parameters the fit's AdamW runs in float32 (its moments,
   clipping and hyperparameters; nash_jax.precision.in_float32): the

@@ -98,6 +98,7 @@ def test_the_default_template_needs_single_token_answers(files):
     experiment.validate(post_train.TASK, _config(files, judge_template=None))
 
 
+@pytest.mark.slow
 def test_sampled_evaluation_matches_independent_formulas(files):
   """The evaluator's win rate, KL estimate and lengths equal the same
   quantities recomputed from its own samples, with an oracle whose

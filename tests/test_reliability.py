@@ -376,6 +376,7 @@ def test_a_locked_output_dir_refuses_a_second_run(tmp_path):
   io_lib.OutputLock(str(tmp_path / 'out')).acquire().release()
 
 
+@pytest.mark.slow
 def test_two_real_processes_into_one_output_dir(tmp_path):
   # Two genuine processes: the second refuses with one line naming the
   # first's process id, before any work, and the first is untouched; once
@@ -428,8 +429,8 @@ def test_divergence_is_marked_with_inf_and_nan_apart():
 def test_stop_on_divergence_stops_at_that_evaluation(tmp_path, monkeypatch):
   # A genuine run whose metrics turn NaN or inf (by key parity) from step
   # 20 on: it stops there, says so, and summary.json tells NaN from inf.
-  run_lib = sys.modules['nash_jax.experiment.run']
-  exact = run_lib.evaluation.exact_evaluator
+  task_lib = sys.modules['nash_jax.tasks.tabular']
+  exact = task_lib.evaluation.exact_evaluator
 
   def poisoned(make):
     evaluate = exact(make)
@@ -442,7 +443,7 @@ def test_stop_on_divergence_stops_at_that_evaluation(tmp_path, monkeypatch):
       return metrics
     return wrapped
 
-  monkeypatch.setattr(run_lib.evaluation, 'exact_evaluator', poisoned)
+  monkeypatch.setattr(task_lib.evaluation, 'exact_evaluator', poisoned)
   assert 'stop_on_divergence' in [
       f.name for f in dataclasses.fields(experiment.RunConfig)]
   config, _ = experiment.validate(tabular.TASK, tabular.TabularConfig(
@@ -648,6 +649,7 @@ def test_float32_reference_policy_is_accepted_and_renormalized(tmp_path):
 # Item 14: experiments.stability reports progress per cell and resumes.
 
 
+@pytest.mark.slow
 def test_stability_reports_progress_per_cell_and_resuming(tmp_path):
   from nash_jax import stability
   study = stability.Study(('online_ipo',), (0.1,), (0.01, 0.1), 20)
@@ -757,6 +759,7 @@ def test_benchmark_sampled_refuses_bad_input_before_any_work(tmp_path):
 # (JAX's own client would abort the process with a C++ stack dump).
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
   import socket
   with socket.socket() as s:  # A free port that nothing listens on.

@@ -1,9 +1,9 @@
 """Tests of ``python -m experiments.reproduce`` and nash_jax/figures/.
 
-One end-to-end run of the binary at the hidden ``--scale=test`` (about 80 s
-on 2 CPU cores, most of it compilation) feeds the file and content checks;
-the refusals of bad flags run as separate processes beside it. Unit tests
-check the figures' helpers against closed forms.
+One end-to-end run of the binary at the hidden ``--scale=test`` (most of
+its time compilation) feeds the file and content checks; the refusals of bad
+flags run as separate processes beside it. All of these are marked slow.
+Unit tests check the figures' helpers against closed forms.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def runs(tmp_path_factory):
   return {'out': out, 'root': root, 'main': result, 'refused': refused}
 
 
+@pytest.mark.slow
 def test_run_succeeds_and_writes_every_file(runs):
   rc, out, err = runs['main']
   assert rc == 0, err
@@ -91,6 +92,7 @@ def test_run_succeeds_and_writes_every_file(runs):
     assert figures.missing_results(name, str(directory)) is None
 
 
+@pytest.mark.slow
 def test_convergence_csv(runs):
   directory = runs['out'] / 'convergence'
   rows = common.read_csv(directory / 'convergence.csv')
@@ -113,6 +115,7 @@ def test_convergence_csv(runs):
   assert len({r['seed'] for r in rows}) == 3
 
 
+@pytest.mark.slow
 def test_num_responses_csv(runs):
   rows = common.read_csv(runs['out'] / 'num_responses' / 'num_responses.csv')
   assert {r['num_actions'] for r in rows} == {5.0, 20.0}
@@ -126,6 +129,7 @@ def test_num_responses_csv(runs):
   assert all(r['reference_span'] < 1e-9 for r in big)
 
 
+@pytest.mark.slow
 def test_nash_vs_reward_csv(runs):
   directory = runs['out'] / 'nash_vs_reward'
   per_game = {name: common.read_csv(directory / f'nash_vs_reward_{name}.csv')
@@ -150,6 +154,7 @@ def test_nash_vs_reward_csv(runs):
   assert {s['game'] for s in summary} == set(per_game)
 
 
+@pytest.mark.slow
 def test_stability_csv(runs):
   rows = stability.read_csv(runs['out'] / 'stability' / 'stability.csv')
   cells = {(r['algorithm'], r['beta'], r['learning_rate']) for r in rows}
@@ -175,6 +180,7 @@ def test_stability_csv(runs):
   assert len(list(runs_dir.glob('*/beta=*/summary.json'))) == len(rows)
 
 
+@pytest.mark.slow
 def test_sampled_csv(runs):
   directory = runs['out'] / 'sampled'
   rows = common.read_csv(directory / 'sampled.csv')
@@ -206,6 +212,7 @@ def test_sampled_csv(runs):
       assert all(np.isfinite(r['kl_to_equilibrium']) for r in run)
 
 
+@pytest.mark.slow
 def test_language_model_csvs(runs):
   directory = runs['out'] / 'language_model'
   stab = common.read_csv(directory / 'lm_stability.csv')
@@ -265,6 +272,7 @@ def test_sampled_floor():
   assert common.sampled_schedule(200_000, 64, 50) == (3150, 63)
 
 
+@pytest.mark.slow
 def test_plot_only_redraws_without_recomputing(runs):
   out = runs['out']
   before = {p: p.stat().st_mtime_ns for p in out.rglob('*')
@@ -281,6 +289,7 @@ def test_plot_only_redraws_without_recomputing(runs):
     assert path.stat().st_mtime_ns > mtime
 
 
+@pytest.mark.slow
 def test_bad_flags_are_refused_with_one_line(runs):
   for name, ((rc, out, err), flag) in runs['refused'].items():
     lines = _error_lines(err)

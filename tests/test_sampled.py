@@ -27,6 +27,7 @@ from helpers import (
   exact_online_ipo,
   exact_prox_pg,
   exact_self_play,
+  slow_except,
 )
 
 from nash_jax import algorithms as algorithms_lib
@@ -154,6 +155,7 @@ def test_online_ipo_batch_gradient_is_unbiased(oracle):
   assert_unbiased(samples, exact_online_ipo(logits, game, BETA))
 
 
+@pytest.mark.slow
 def test_online_ipo_is_minus_four_over_beta_times_self_play_pg():
   """The algorithms' batch gradients (not just the rules'): online IPO's
   mean is ``4/beta`` times self-play PG's, by a two-sample z-test, and each
@@ -262,9 +264,9 @@ def _feature_game(seed=0, num_contexts=2, num_actions=4, feature_dim=3):
                        num_actions, 'random', jnp.float64, feature_dim)
 
 
-@pytest.mark.parametrize('policy,anchor', [
+@pytest.mark.parametrize('policy,anchor', slow_except([
     ('tabular', 'copy'), ('tabular', 'ema'), ('loglinear', 'ema'),
-    ('mlp', 'copy')])
+    ('mlp', 'copy')], {('tabular', 'copy')}))
 def test_nash_prox_with_anchor_every_step_is_online_ipo(policy, anchor):
   """``anchor='copy', anchor_every=1`` or ``anchor='ema', anchor_tau=1``:
   the anchor is the current policy, the loss's gradient is ``kappa`` times
@@ -307,6 +309,7 @@ def _kl(p, q):
   return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1)))
 
 
+@pytest.mark.slow
 def test_nash_prox_with_many_inner_steps_is_proximal_point():
   """``M`` inner steps per anchor solve the prox game: after ``M`` steps the
   policy is the proximal-point iterate ``pi_1``, the regularized equilibrium
@@ -368,6 +371,7 @@ def test_nash_prox_with_many_inner_steps_is_proximal_point():
       assert np.max(np.abs(before - at(k * inner - 1).params[seed])) > 1e-3
 
 
+@pytest.mark.slow
 def test_nash_prox_loglinear_converges_when_realizable():
   """A log-linear policy with ``d = X n`` features can represent
   ``pi*_beta`` (checked); Nash Prox with its defaults (Adam, learning rate
@@ -452,6 +456,7 @@ def test_approx_nash_mp_default_inner_steps():
   assert config.eta == pytest.approx(2 * config.beta)
 
 
+@pytest.mark.slow
 def test_approx_nash_mp_with_one_inner_step_converges():
   """Measured (3 games, X = 2, n = 5, 2000 steps, batch 64, Bernoulli,
   cosine): final KL(pi*_beta || pi) 8e-4 to 2.1e-3 from 0.36 to 0.45."""
@@ -509,7 +514,8 @@ TRACED = {
 }
 
 
-@pytest.mark.parametrize('policy', policies.POLICIES)
+@pytest.mark.parametrize('policy', slow_except(policies.POLICIES,
+                                               {'tabular'}))
 @pytest.mark.parametrize('name', SAMPLED_ALGORITHM_NAMES)
 def test_every_algorithm_with_every_policy_jits_vmaps_and_traces(name,
                                                                  policy):

@@ -30,6 +30,7 @@ from helpers import (
   assert_seed_equal,
   assert_seeds_equal_single_runs,
   seed_games,
+  slow_except,
 )
 
 from nash_jax import (
@@ -102,8 +103,8 @@ def _run(alg, keys, games, log_eq, first_seed, shared):
                                   seed_block=block)
 
 
-@pytest.mark.parametrize('name', ['nash_mp', 'online_ipo', 'self_play_pg',
-                                  'proximal_point'])
+@pytest.mark.parametrize('name', slow_except(
+    ['nash_mp', 'online_ipo', 'self_play_pg', 'proximal_point'], {'nash_mp'}))
 def test_default_block_shared_game_seed_equals_single_run(name):
   assert seed_blocks.default_seed_block('cpu', True, N_BITS) > 1
   alg, keys, game, log_eq = _setup(name, N_BITS, shared=True)
@@ -115,7 +116,8 @@ def test_default_block_shared_game_seed_equals_single_run(name):
   assert not np.array_equal(sweep[0].params[0], sweep[0].params[1])
 
 
-@pytest.mark.parametrize('name', ['nash_mp', 'online_ipo'])
+@pytest.mark.parametrize('name', slow_except(['nash_mp', 'online_ipo'],
+                                             {'nash_mp'}))
 def test_default_block_per_seed_games_seed_equals_single_run(name):
   assert seed_blocks.default_seed_block('cpu', False, N_BITS) > 1
   alg, keys, games, log_eq = _setup(name, N_BITS, shared=False)
@@ -168,6 +170,7 @@ def test_config_json_records_the_chosen_block(tmp_path):
       jax.devices()[0].platform, True, 4)
 
 
+@pytest.mark.slow
 def test_grouped_cells_on_a_shared_game_equal_their_single_runs():
   # A hyperparameter sweep as run_sweep lays it out: two cells (beta) of
   # seeds 5, 6, 7 on one shared game, each cell's reference per run, blocks

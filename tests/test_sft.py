@@ -46,6 +46,7 @@ def _frequencies(writer, key, topic, num, vocab_size, max_length):
                                                       max_length))
 
 
+@pytest.mark.slow
 def test_writer_samples_follow_the_distribution():
   vocab_size, max_length, num = 3, 3, 40_000
   spec, env = _env(vocab_size, max_length)
@@ -75,6 +76,7 @@ def test_bad_writer_refused():
     sft.check_writer(sft.Writer(topic=1.5), 4)
 
 
+@pytest.mark.slow
 def test_sft_moves_the_reference_towards_the_corpus():
   vocab_size, max_length = 3, 3
   spec, env = _env(vocab_size, max_length, num_prompts=3)

@@ -75,6 +75,7 @@ def test_stability_study_refuses_bad_flags_before_any_work(tmp_path):
     assert_refused(outcome, f'error: {expected}', out)
 
 
+@pytest.mark.slow
 def test_benchmarks_write_their_tables(tmp_path):
   sampled = tmp_path / 'sampled.csv'
   result = _run('experiments.benchmark_sampled', '--algorithms=nash_prox',
@@ -95,6 +96,7 @@ def test_benchmarks_write_their_tables(tmp_path):
       "error: --policies: unknown policy 'transformer'"]
 
 
+@pytest.mark.slow
 def test_benchmark_writes_its_table_with_the_limits(tmp_path):
   out = tmp_path / 'exact.csv'
   result = _run('experiments.benchmark', '--sizes=4', '--seeds=1,2',

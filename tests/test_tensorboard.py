@@ -3,6 +3,7 @@
 import struct
 
 import numpy as np
+import pytest
 from tensorboardX.proto import event_pb2
 
 from nash_jax import experiment
@@ -24,6 +25,7 @@ def _scalars(path):
   return out
 
 
+@pytest.mark.slow
 def test_tensorboard_has_one_run_per_seed_matching_metrics(tmp_path):
   config = tabular.TabularConfig(
       algorithm='omd', num_actions=5, num_seeds=2, seed=3, num_steps=20,

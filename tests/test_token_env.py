@@ -126,8 +126,8 @@ def test_refusals_name_the_flag_and_n():
       T.check_spec(T.TokenEnvSpec(**{flag: value}))
   with pytest.raises(ConfigError, match='--sharpness'):
     T.check_spec(T.TokenEnvSpec(sharpness=(1.0, 1.0)))
-  with pytest.raises(ConfigError, match='--oracle'):
-    T.make_token_environment(SPEC, unigram_log_prob, oracle='judge')
+  with pytest.raises(ConfigError, match='--outcome'):
+    T.make_token_environment(SPEC, unigram_log_prob, outcome='judge')
   with pytest.raises(ConfigError, match='--vocab_size'):
     T.CONDORCET_STYLES['diverse'].build(T.TokenEnvSpec(vocab_size=3), 0)
 
@@ -223,7 +223,7 @@ def test_tensor_equals_per_pair_oracle_calls(params, prefs):
   per_pair = jax.jit(T.preference_probability)(
       params, x, params.responses[iy], params.responses[iz])
   np.testing.assert_array_equal(per_pair, prefs[x.index, iy, iz])
-  env = T.make_token_environment(SPEC, unigram_log_prob, oracle='probability')
+  env = T.make_token_environment(SPEC, unigram_log_prob, outcome='probability')
   np.testing.assert_array_equal(
       env.outcomes(params, key, x, params.responses[iy],
                    params.responses[iz]), prefs[x.index, iy, iz])

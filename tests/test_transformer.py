@@ -303,6 +303,7 @@ def test_sampled_log_probs_equal_teacher_forced_float64(big_contexts):
   np.testing.assert_allclose(np.sum(teacher, 1), np.sum(lp, 1), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_sampled_log_probs_equal_teacher_forced_float32_untied():
   """Also: log_prob's gradient reaches every parameter, finite."""
   cfg = dataclasses.replace(CONFIG, param_dtype='float32',
@@ -363,6 +364,7 @@ def _chi_square_p_value(counts, probs):
   return stats.chi2.sf(statistic, dof)
 
 
+@pytest.mark.slow
 def test_mixture_sampling_frequencies(big_contexts, listing):
   params, reference, c = _params(0), _params(1), 0.4
   y, lp, _ = _generate(jax.random.PRNGKey(9), params, big_contexts,
@@ -398,6 +400,7 @@ def test_mixture_zero_is_plain_sampling_bit_for_bit(big_contexts):
   assert policy.init(key, big_contexts, reference) is reference
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_and_temperatures_equals_single_calls(big_contexts):
   """A sweep (seeds and temperatures on one axis) equals its single runs."""
   keys = jax.random.split(jax.random.PRNGKey(0), 3)

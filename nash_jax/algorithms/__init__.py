@@ -36,11 +36,8 @@ from nash_jax.algorithms.base import (
   SampledState,
 )
 from nash_jax.environments.core import Environment
+from nash_jax.policies import POLICY_CLASSES
 from nash_jax.policies.core import Policy
-
-# Policies whose parameters are shared by every context (log-linear, MLP):
-# they take adam by default and a learning rate without the context factor.
-SHARED_PARAMETER_POLICIES = ('loglinear', 'mlp', 'transformer')
 
 
 def _mirror_eta(beta):
@@ -58,10 +55,8 @@ def _nash_md_eta(beta):
 
   With a constant step Nash-MD converges to a point ``O(eta beta)`` away from
   ``pi*_beta`` (its fixed point is the equilibrium for ``beta / (1 - eta
-  beta)``, plus one step). We measured a KL floor of ``c (eta beta)^2`` with
-  ``c`` from 0.012 to 0.09 over 24 random games with n = 20 at ``beta = 0.1``
-  (uniform and Dirichlet ``pi_ref``), and ``c ≈ 0.09`` at ``beta = 0.01``;
-  the cap keeps the floor below 6e-7 there.
+  beta)``, plus one step): a KL floor of ``c (eta beta)^2``, which the cap
+  keeps small (measured ``c``: BENCHMARKS.md, "Default step sizes").
   """
   return min(_mirror_eta(beta), 0.0025 / beta) if beta > 0 else 0.1
 
@@ -209,11 +204,12 @@ SAMPLED_ALGORITHMS: dict[str, AlgorithmSpec] = {
                             runs=_EVERYWHERE, ipo_form=True,
                             settings=_OFFLINE),
 }
+# The baselines, which learn from a fixed dataset of pi_ref comparisons.
+REWARD_BASED_NAMES = tuple(k for k, spec in SAMPLED_ALGORITHMS.items()
+                           if 'offline_pairs' in spec.settings)
 # The sampled NLHF algorithms (every step asks batch_size queries).
 SAMPLED_ALGORITHM_NAMES = tuple(k for k in SAMPLED_ALGORITHMS
-                                if k not in reward_based.REWARD_BASED_MAKERS)
-# The baselines, which learn from a fixed dataset of pi_ref comparisons.
-REWARD_BASED_NAMES = tuple(reward_based.REWARD_BASED_MAKERS)
+                                if k not in REWARD_BASED_NAMES)
 ALL_ALGORITHM_NAMES = tuple(dict.fromkeys(ALGORITHM_NAMES +
                                           tuple(SAMPLED_ALGORITHMS)))
 
@@ -267,24 +263,22 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
   ``sgd``, tabular: a quarter of the exact-mode rate, ``num_contexts /
   (4 (beta + 1/4))`` for the policy-gradient forms (``self_play_pg``,
   ``nash_md_pg``, ``approx_nash_mp``), times ``beta / 4`` for the IPO forms
-  (``online_ipo``, ``nash_prox``), whose gradients are ``4 / beta`` times
-  larger (and offline IPO's, the same loss on fixed data; DPO and
-  bt_rlhf take the policy-gradient rate). Noise sets a KL floor about proportional to the rate: on random
-  games (n = 20, beta = 0.1, batch 64) the full exact rate left online IPO at
-  a median KL of 1.2e-2 after 200,000 queries, a quarter of it at 3e-3.
-  ``sgd``, log-linear or MLP: the same without the context factor (their
-  parameters are shared by all contexts) and divided by ``feature_dim``
-  (a step moves the logits by about ``lr |phi|^2 = lr d``). ``adam``:
-  0.003 (log-linear and MLP Nash Prox on realizable annotator games with
-  X = 4, n = 5, d = 20 reached a median KL of 6e-3 and 4.5e-3 after 200,000
-  queries; 0.01 left 1.2e-2 and 9e-3); 1e-4 for the transformer (online
-  IPO on the default token game, d = 64, 2 layers, 8 seeds, 38,400 queries:
-  median KL to pi*_beta 0.110 at 1e-4, 0.148 at 3e-4, 0.266 at 1e-3, from
-  0.237 at pi_ref).
+  (``AlgorithmSpec.ipo_form``: ``online_ipo``, ``nash_prox``, offline IPO),
+  whose gradients are ``4 / beta`` times larger; DPO and bt_rlhf take the
+  policy-gradient rate. Noise sets a KL floor about proportional to the
+  rate, hence the quarter. ``sgd``, a class with shared parameters
+  (log-linear, MLP): the same without the context factor and divided by
+  ``feature_dim`` (a step moves the logits by about ``lr |phi|^2 = lr
+  d``). ``adam``: the policy class's own default
+  (:data:`nash_jax.policies.POLICY_CLASSES`). The measurements behind these
+  choices are in BENCHMARKS.md ("Default step sizes").
   """
+  # An unknown class is refused by validation; it takes the tabular rule.
+  policy_class = POLICY_CLASSES.get(policy, POLICY_CLASSES['tabular'])
   if optimizer == 'adam':
-    return 1e-4 if policy == 'transformer' else 0.003
-  scale = num_contexts if policy == 'tabular' else 1 / max(feature_dim, 1)
+    return policy_class.adam_learning_rate
+  scale = (1 / max(feature_dim, 1) if policy_class.shared_parameters
+           else num_contexts)
   lr = scale / (4 * (beta + 0.25))
   if SAMPLED_ALGORITHMS[name].ipo_form:
     lr *= beta / 4
@@ -294,7 +288,8 @@ def default_sampled_learning_rate(name, beta, optimizer, num_contexts,
 def default_optimizer(config: AlgorithmConfig, policy: str = 'tabular') -> str:
   """adam for the sampled mode's log-linear, MLP and transformer policies,
   else sgd."""
-  if config.mode == 'sampled' and policy in SHARED_PARAMETER_POLICIES:
+  known = POLICY_CLASSES.get(policy)
+  if config.mode == 'sampled' and known and known.shared_parameters:
     return 'adam'
   return 'sgd'
 
@@ -460,7 +455,7 @@ def make_algorithm(name: str, config: AlgorithmConfig, policy: Policy,
 __all__ = [
     'ALGORITHMS', 'ALGORITHM_NAMES', 'ALL_ALGORITHM_NAMES', 'Algorithm',
     'AlgorithmConfig', 'AlgorithmSpec', 'ConfigError', 'PolicyState',
-    'SampledState', 'SHARED_PARAMETER_POLICIES',
+    'SampledState',
     'SAMPLED_ALGORITHMS', 'SAMPLED_ALGORITHM_NAMES', 'make_algorithm',
     'resolve_config', 'validate_config', 'default_learning_rate',
     'default_sampled_learning_rate', 'REWARD_BASED_NAMES', 'RUN_KINDS',

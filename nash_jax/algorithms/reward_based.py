@@ -283,7 +283,3 @@ def make_bt_rlhf(config: AlgorithmConfig, policy: Policy, env: Environment,
                                        r_prime, baseline, beta)) / 2
 
   return _make('bt_rlhf', config, policy, env, make_data, loss_fn, batch_fn)
-
-
-REWARD_BASED_MAKERS = {'dpo': make_dpo, 'offline_ipo': make_offline_ipo,
-                       'bt_rlhf': make_bt_rlhf}

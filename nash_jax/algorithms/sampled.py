@@ -318,12 +318,3 @@ def make_nash_md_pg(config: AlgorithmConfig, policy: Policy,
 
   return _make('nash_md_pg', config, policy, env, loss_fn, _current,
                mixture=config.mixture)
-
-
-SAMPLED_MAKERS = {
-    'online_ipo': make_online_ipo,
-    'self_play_pg': make_self_play_pg,
-    'nash_prox': make_nash_prox,
-    'approx_nash_mp': make_approx_nash_mp,
-    'nash_md_pg': make_nash_md_pg,
-}

@@ -33,11 +33,11 @@ def all_contexts(game: Game) -> TabularContexts:
   return context_data(game, jnp.arange(game.num_contexts))
 
 
-def make_tabular_environment(oracle: str = 'bernoulli') -> Environment:
-  """The tabular game with the given oracle (``bernoulli`` or
+def make_tabular_environment(outcome: str = 'bernoulli') -> Environment:
+  """The tabular game whose queries return ``outcome`` (``bernoulli`` or
   ``probability``; see :func:`nash_jax.games.oracle.preference_outcomes`).
   """
-  check_outcome(oracle, 'oracle')
+  check_outcome(outcome)
 
   def contexts(game: Game, key, batch_size: int) -> TabularContexts:
     return context_data(game, oracle_lib.sample_contexts(key, game,
@@ -48,7 +48,7 @@ def make_tabular_environment(oracle: str = 'bernoulli') -> Environment:
 
   def outcomes(game: Game, key, x: TabularContexts, y, y_prime):
     return oracle_lib.preference_outcomes(key, game, x.index, y, y_prime,
-                                          oracle)
+                                          outcome)
 
   def log_policy(policy, params, game: Game):
     return policy.log_probs(params, all_contexts(game))

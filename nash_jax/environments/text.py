@@ -69,7 +69,7 @@ def text_env_params(contexts: TokenContexts, reference: Any,
 
 def make_text_environment(ref_log_prob_fn: Callable,
                           probability_fn: Callable,
-                          oracle: str = 'bernoulli') -> Environment:
+                          outcome: str = 'bernoulli') -> Environment:
   """The text environment (protocol of :mod:`nash_jax.environments.core`).
 
   Args:
@@ -78,14 +78,14 @@ def make_text_environment(ref_log_prob_fn: Callable,
     probability_fn: ``(oracle_params, x, y, y_prime) -> [B]``, ``P(y > y'
       | x)`` (e.g. :func:`nash_jax.oracles.make_judge`'s
       ``probability``).
-    oracle: ``'bernoulli'`` (``o ~ Bernoulli(P)``) or ``'probability'``
+    outcome: ``'bernoulli'`` (``o ~ Bernoulli(P)``) or ``'probability'``
       (``o = P``; :func:`nash_jax.distributions.sample_outcome`).
 
   Returns:
     An :class:`~nash_jax.environments.core.Environment` over
     :class:`TextEnvParams` with ``log_policy`` and ``game`` ``None``.
   """
-  check_outcome(oracle, 'oracle')
+  check_outcome(outcome)
 
   def ref_log_prob(env_params: TextEnvParams, x: TokenContexts, y):
     return ref_log_prob_fn(env_params.reference, x, y)
@@ -93,7 +93,7 @@ def make_text_environment(ref_log_prob_fn: Callable,
   def outcomes(env_params: TextEnvParams, key, x: TokenContexts, y,
                y_prime):
     prob = probability_fn(env_params.oracle, x, y, y_prime)
-    return sample_outcome(key, prob, oracle)
+    return sample_outcome(key, prob, outcome)
 
   return Environment(name='text', contexts=tokens_lib.sample_contexts,
                      all_contexts=tokens_lib.all_contexts,

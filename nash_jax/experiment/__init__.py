@@ -12,7 +12,8 @@ A kind of run (:mod:`nash_jax.tasks`) is described once by a
   :func:`validate_sweep`;
 * :mod:`~nash_jax.experiment.results`: the documented result files, one
   writer (``summary.json`` last), one ``samples.jsonl`` writer;
-* :mod:`~nash_jax.experiment.run`: :func:`run_task`, the one run skeleton
+* :mod:`~nash_jax.experiment.run`: :func:`run_task` (:func:`run_one` for a
+  single config), the one run skeleton
   (every cell and seed in one compiled call per evaluation chunk,
   checkpoints, preemption, bit-exact resume).
 
@@ -41,6 +42,7 @@ from nash_jax.experiment.results import (
 )
 from nash_jax.experiment.run import (
   run_cost,
+  run_one,
   run_task,
   seed_keys,
   train_recorded,
@@ -60,7 +62,8 @@ __all__ = [
     'MAX_SEED', 'OutcomeConfig', 'Results', 'RunConfig', 'RunPlan', 'Task',
     'cell_name', 'check_distinct', 'check_output_dir', 'check_used',
     'format_bytes', 'format_table', 'format_value', 'manifest',
-    'memory_limits', 'metric_columns', 'parse_sweep', 'run_cost', 'run_one', 'run_task',
+    'memory_limits', 'metric_columns', 'parse_sweep', 'run_cost', 'run_one',
+    'run_task',
     'seed_keys', 'summary', 'sweep_cells', 'sweep_checkpoint_config',
     'train_recorded', 'unused_by', 'validate', 'validate_sweep',
     'write_results', 'write_samples', 'write_sweep_table',

@@ -35,14 +35,14 @@ def reference_log_prob(game: Game, contexts, responses) -> chex.Array:
 
 
 def preference_outcomes(key, game: Game, contexts, responses,
-                        opponents, oracle: str) -> chex.Array:
+                        opponents, outcome: str) -> chex.Array:
   """Outcome ``o`` of ``y`` against ``y'`` per sample, ``[B]`` floats.
 
-  ``oracle='bernoulli'``: ``o ~ Bernoulli(P(y > y' | x))`` (a human label);
+  ``outcome='bernoulli'``: ``o ~ Bernoulli(P(y > y' | x))`` (a human label);
   ``'probability'``: ``o = P(y > y' | x)`` (the preference model's
   probability). Either way each comparison is one preference query
   (:func:`nash_jax.distributions.sample_outcome`).
   """
   chex.assert_equal_shape([contexts, responses, opponents])
   prob = game.preferences[contexts, responses, opponents]
-  return sample_outcome(key, prob, oracle)
+  return sample_outcome(key, prob, outcome)

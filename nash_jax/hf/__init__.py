@@ -74,6 +74,7 @@ from nash_jax.hf.tokenizer import (
   decode_responses,
   encode_prompts,
   load_tokenizer,
+  read_fields,
   read_prompts,
 )
 
@@ -83,5 +84,5 @@ __all__ = [
   'CheckpointInfo', 'canonical', 'checkpoint_config', 'decode_responses',
   'encode_prompts', 'hf_config_fields', 'hf_shapes', 'load_checkpoint',
   'load_tokenizer', 'open_checkpoint', 'params_from_hf', 'params_to_hf',
-  'read_prompts', 'save_checkpoint', 'transformer_config',
+  'read_fields', 'read_prompts', 'save_checkpoint', 'transformer_config',
 ]

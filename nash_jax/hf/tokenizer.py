@@ -95,10 +95,19 @@ def read_prompts(path, flag: str = 'prompt_file', field: str = 'prompt'
   """The prompts of a JSONL file: one JSON object per line with a string
   ``field``; blank lines are skipped. A bad line is refused with one line
   naming the file and line number."""
+  return read_fields(path, flag, (field,))[0]
+
+
+def read_fields(path, flag: str, fields: tuple[str, ...]
+                ) -> tuple[list[str], ...]:
+  """The string ``fields`` of every object of a JSONL file, one list per
+  field, in one reading (:func:`read_prompts` for one field); blank lines
+  are skipped. A bad line is refused with one line naming the file and line
+  number."""
   path = Path(path)
   if not path.is_file():
     refuse(flag, path, 'no such file')
-  prompts = []
+  columns = tuple([] for _ in fields)
   try:
     with open(path, encoding='utf-8') as f:
       lines = list(f)
@@ -114,10 +123,11 @@ def read_prompts(path, flag: str = 'prompt_file', field: str = 'prompt'
       raise ConfigError(flag, f'{where}: not valid JSON ({e.msg})') from None
     if not isinstance(obj, dict):
       raise ConfigError(flag, f'{where}: must be a JSON object with a '
-                        f'"{field}" string, got {type(obj).__name__}')
-    if not isinstance(obj.get(field), str):
-      raise ConfigError(flag, f'{where}: needs a "{field}" string field')
-    prompts.append(obj[field])
-  if not prompts:
+                        f'"{fields[0]}" string, got {type(obj).__name__}')
+    for field, column in zip(fields, columns):
+      if not isinstance(obj.get(field), str):
+        raise ConfigError(flag, f'{where}: needs a "{field}" string field')
+      column.append(obj[field])
+  if not columns[0]:
     refuse(flag, path, 'holds no prompts')
-  return prompts
+  return columns

@@ -19,9 +19,45 @@ from nash_jax.policies.mlp import make_mlp
 from nash_jax.policies.tabular import initial_logits, log_table, make_tabular
 from nash_jax.settings import setting
 
-POLICIES = ('tabular', 'loglinear', 'mlp')
+
+@dataclasses.dataclass(frozen=True)
+class PolicyClass:
+  """What a policy class declares of itself: the defaults an algorithm
+  takes with it.
+
+  Attributes:
+    shared_parameters: its parameters are shared by every context (the
+      sampled mode's default optimizer is then adam, and an sgd rate has no
+      context factor).
+    adam_learning_rate: the default adam step size with it.
+    reads_features: it reads the response features ``phi`` (and ``psi``)
+      of a tabular game.
+    enumerable: built by :func:`make_policy` from a :class:`PolicyConfig`
+      (the transformer is built by :func:`nash_jax.policies.sequence.
+      make_sequence_policy`).
+  """
+
+  shared_parameters: bool
+  adam_learning_rate: float
+  reads_features: bool = False
+  enumerable: bool = True
+
+
+POLICY_CLASSES = {
+    'tabular': PolicyClass(shared_parameters=False, adam_learning_rate=0.003),
+    'loglinear': PolicyClass(shared_parameters=True, adam_learning_rate=0.003,
+                             reads_features=True),
+    'mlp': PolicyClass(shared_parameters=True, adam_learning_rate=0.003,
+                       reads_features=True),
+    'transformer': PolicyClass(shared_parameters=True,
+                               adam_learning_rate=1e-4, enumerable=False),
+}
+# The classes --policy chooses among (the transformer is a language-model
+# run's).
+POLICIES = tuple(k for k, v in POLICY_CLASSES.items() if v.enumerable)
 # Policies that read the response features phi (and psi) of a tabular game.
-FEATURE_POLICIES = ('loglinear', 'mlp')
+FEATURE_POLICIES = tuple(k for k, v in POLICY_CLASSES.items()
+                         if v.reads_features)
 INITS = ('ref', 'random')
 
 
@@ -74,7 +110,8 @@ def make_policy(config: PolicyConfig) -> Policy:
                     f'one of {", ".join(POLICIES)}')
 
 
-__all__ = ['FEATURE_POLICIES', 'INITS', 'POLICIES', 'Policy', 'PolicyConfig',
+__all__ = ['FEATURE_POLICIES', 'INITS', 'POLICIES', 'POLICY_CLASSES', 'Policy',
+           'PolicyClass', 'PolicyConfig',
            'enumerable', 'initial_logits', 'log_table', 'make_loglinear',
            'make_mlp', 'make_policy', 'make_tabular',
            'validate_policy_config']

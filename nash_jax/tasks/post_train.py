@@ -216,13 +216,18 @@ def _check_template_ids(template, vocab_size: int, path) -> None:
                       f'({vocab_size})')
 
 
-def _read_corpus(path, tokenizer, ids: sequence.TokenIds, max_length: int,
-                 add_special_tokens: bool = True):
-  """``(contexts, responses [C, L], report)`` of a JSONL corpus of
-  prompt/response texts; responses end with the end token and are cut at
-  ``max_length`` tokens."""
-  prompts = hf.read_prompts(path, 'sft_data', 'prompt')
-  responses = hf.read_prompts(path, 'sft_data', 'response')
+def _read_corpus_texts(path) -> tuple[list, list]:
+  """``(prompts, responses)``: the texts of a JSONL corpus (refused with
+  one line naming ``--sft_data``)."""
+  return hf.read_fields(path, 'sft_data', ('prompt', 'response'))
+
+
+def _encode_corpus(path, texts, tokenizer, ids: sequence.TokenIds,
+                   max_length: int, add_special_tokens: bool = True):
+  """``(contexts, responses [C, L], report)`` of a corpus' texts
+  (:func:`_read_corpus_texts`); responses end with the end token and are
+  cut at ``max_length`` tokens."""
+  prompts, responses = texts
   try:
     contexts = hf.encode_prompts(tokenizer, prompts, ids.pad,
                                  add_special_tokens=add_special_tokens,
@@ -289,9 +294,8 @@ def validate(config) -> tuple[Any, Loaded]:
                         f'differs from --model_dir\'s; the judge reads the '
                         f'policy\'s token ids, so both must share one')
   template = _read_template(config.judge_template, judge_tokenizer)
-  if config.sft_data:
-    hf.read_prompts(config.sft_data, 'sft_data', 'prompt')
-    hf.read_prompts(config.sft_data, 'sft_data', 'response')
+  corpus_texts = (_read_corpus_texts(config.sft_data) if config.sft_data
+                  else None)
   tconfig, params, info = checkpoint.load(config.dtype)
   ids = info.token_ids
   contexts = hf.encode_prompts(tokenizer, prompt_texts, ids.pad,
@@ -306,7 +310,8 @@ def validate(config) -> tuple[Any, Loaded]:
                       config.judge_template)
   corpus = None
   if config.sft_data:
-    corpus = _read_corpus(config.sft_data, tokenizer, ids, config.max_length)
+    corpus = _encode_corpus(config.sft_data, corpus_texts, tokenizer, ids,
+                            config.max_length)
   alg_config = checks.resolve_algorithm(config, len(prompt_texts), 1,
                                         'transformer')
   config = checks.resolve_seed_block(config, True, None, language_model=True)

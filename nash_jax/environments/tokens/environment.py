@@ -218,7 +218,7 @@ def induced_game(spec: TokenEnvSpec, ref_log_policy) -> Game:
 
 
 def make_token_environment(spec: TokenEnvSpec, ref_log_prob_fn: Callable,
-                           oracle: str = 'bernoulli',
+                           outcome: str = 'bernoulli',
                            chunk_size: int = DEFAULT_CHUNK_SIZE
                            ) -> Environment:
   """The token environment (protocol of :mod:`nash_jax.environments.core`).
@@ -227,7 +227,7 @@ def make_token_environment(spec: TokenEnvSpec, ref_log_prob_fn: Callable,
     spec: the settings (checked here, before any work).
     ref_log_prob_fn: ``(reference_params, x, y) -> [B]``, the reference
       model's ``log pi_ref(y|x)``; the environment never imports the model.
-    oracle: ``'bernoulli'`` (``o ~ Bernoulli(P)``, a human label) or
+    outcome: ``'bernoulli'`` (``o ~ Bernoulli(P)``, a human label) or
       ``'probability'`` (``o = P``; :func:`nash_jax.distributions.
       sample_outcome`).
     chunk_size: pairs per ``policy.log_prob`` call in ``log_policy``.
@@ -237,7 +237,7 @@ def make_token_environment(spec: TokenEnvSpec, ref_log_prob_fn: Callable,
     :class:`TokenEnvParams` (from :func:`token_env_params`).
   """
   check_spec(spec)
-  check_outcome(oracle, 'oracle')
+  check_outcome(outcome)
 
   def ref_log_prob(env_params: TokenEnvParams, x: TokenContexts, y):
     return ref_log_prob_fn(env_params.reference, x, y)
@@ -245,7 +245,7 @@ def make_token_environment(spec: TokenEnvSpec, ref_log_prob_fn: Callable,
   def outcomes(env_params: TokenEnvParams, key, x: TokenContexts, y,
                y_prime):
     prob = preference_probability(env_params, x, y, y_prime)
-    return sample_outcome(key, prob, oracle)
+    return sample_outcome(key, prob, outcome)
 
   def log_policy(policy, params, env_params: TokenEnvParams):
     return listed_log_probs(policy.log_prob, params, env_params, chunk_size)
