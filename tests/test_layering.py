@@ -7,7 +7,8 @@ run kit (``nash_jax.experiment``, whose own modules run task -> checks ->
 sweep -> results -> run); the kinds of run (``nash_jax.tasks``); analysis;
 the stability study; figures. Every
 ``nash_jax`` import in the package, including imports inside functions,
-is checked.
+is checked; and no module of the package or of ``experiments/`` imports a
+private name (``_x``) from another.
 """
 
 import ast
@@ -115,3 +116,38 @@ def test_a_later_import_is_caught(tmp_path):
       sorted(found) == ['nash_jax.games.core', 'nash_jax.train']
   assert [n for n in found if stage(n) > stage('nash_jax.policies.fake')] \
       == ['nash_jax.train']
+
+
+def _private_imports(path: Path):
+  """``(module, name)`` of every private name (``_x``) a file imports from
+  a ``nash_jax`` module, or reads as ``module_lib._x``."""
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.ImportFrom) and node.module and
+        node.module.startswith('nash_jax')):
+      for alias in node.names:
+        if alias.name.startswith('_'):
+          yield node.module, alias.name
+    if (isinstance(node, ast.Attribute) and node.attr.startswith('_') and
+        not node.attr.startswith('__') and isinstance(node.value, ast.Name)
+        and node.value.id.endswith('_lib')):
+      yield node.value.id, node.attr
+
+
+SOURCES = sorted([*ROOT.rglob('*.py'),
+                  *(ROOT.parent / 'experiments').rglob('*.py')])
+
+
+@pytest.mark.parametrize('path', SOURCES,
+                         ids=[str(p.relative_to(ROOT.parent)) for p in SOURCES])
+def test_no_module_imports_a_private_name_from_another(path):
+  assert not list(_private_imports(path))
+
+
+def test_a_private_import_is_caught(tmp_path):
+  path = tmp_path / 'fake.py'
+  path.write_text('from nash_jax.experiment.checks import _sampled_only\n'
+                  'x = checks_lib._private\n')
+  assert list(_private_imports(path)) == [
+      ('nash_jax.experiment.checks', '_sampled_only'),
+      ('checks_lib', '_private')]

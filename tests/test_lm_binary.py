@@ -137,6 +137,7 @@ def test_lm_game_file_is_read_by_matrix_game(lm_run, tmp_path):
                              atol=1e-9)
 
 
+@pytest.mark.slow
 def test_lm_resume_after_sigkill_equals_uninterrupted(lm_run, tmp_path):
   reference_out, _ = lm_run
   killed = tmp_path / 'killed'
@@ -169,6 +170,7 @@ def test_lm_resume_after_sigkill_equals_uninterrupted(lm_run, tmp_path):
       reference_out / 'samples.jsonl').read_text()
 
 
+@pytest.mark.slow
 def test_lm_sweep_cell_equals_single_run(tmp_path):
   args = ['--algorithm=online_ipo', '--num_steps=5', '--checkpoint_every=0']
   sweep = _lm(tmp_path / 'sweep', *args, '--sweep=learning_rate=0.01,0.03')
@@ -226,6 +228,7 @@ def test_lm_refuses_bad_input_before_any_work(lm_refusals, index):
 # and the cost of a run, in one run of the binary.
 
 
+@pytest.mark.slow
 def test_lm_sft_reference_learned_oracle_baseline_and_cost(tmp_path):
   out = tmp_path / 'run'
   proc = _lm(out, '--algorithm=bt_rlhf', '--num_steps=6', '--eval_every=3',
