@@ -8,6 +8,7 @@ run cost (:func:`run_cost`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
 from nash_jax import train as train_lib
 from nash_jax.experiment.results import (
@@ -309,3 +311,27 @@ def run_one(task, config, inputs=None, **kwargs):
   """One run of ``task`` (:func:`run_task` with a single config); returns
   its results."""
   return run_task(task, [config], inputs, **kwargs)[0]
+
+
+@functools.lru_cache(maxsize=128)
+def algorithm_maker(name: str, static: tuple, components: Callable
+                    ) -> Callable:
+  """The one ``make(hyper) -> Algorithm`` of every kind of run.
+
+  Args:
+    name: the algorithm (a registry name).
+    static: the algorithm settings that are not runtime values
+      (:func:`static_settings`).
+    components: ``hyper -> (policy, environment, reward_model, values)``,
+      the task's policy and environment for the runtime values ``hyper``
+      (tracers) and the algorithm's own runtime values among them. A task
+      caches it per structure, so that runs differing only in runtime
+      values share ``make`` and its compilations.
+  """
+
+  def make(hyper):
+    policy, env, reward_model, values = components(hyper)
+    return algorithms_lib.make_algorithm(
+        name, algorithms_lib.AlgorithmConfig(**dict(static), **values),
+        policy, env, reward_model=reward_model)
+  return make

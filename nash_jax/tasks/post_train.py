@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nash_jax import algorithms as algorithms_lib
 from nash_jax import evaluation, hf, oracles, sft
 from nash_jax import io as io_lib
 from nash_jax.algorithms import AlgorithmConfig
@@ -44,6 +43,7 @@ from nash_jax.environments import text as text_lib
 from nash_jax.environments.core import TokenContexts
 from nash_jax.errors import ConfigError
 from nash_jax.experiment import checks
+from nash_jax.experiment import run as experiment_run
 from nash_jax.experiment.results import (
   Results,
   write_results,
@@ -324,18 +324,17 @@ def validate(config) -> tuple[Any, Loaded]:
 
 
 @functools.lru_cache(maxsize=16)
-def _maker(name: str, static: tuple, tconfig, max_length: int, ids,
-           oracle_fn, outcome: str):
-  """``make(hyper) -> Algorithm`` (cached per structure, so the trainer's
-  compiled functions are reused)."""
+def _components(tconfig, max_length: int, ids, oracle_fn, outcome: str):
+  """``hyper -> (policy, environment, reward model, values)``: the
+  checkpoint's transformer at the traced temperature and the text
+  environment that ``oracle_fn`` answers (cached per structure)."""
 
-  def make(hyper):
-    hyper, temperature = lm.split_hyper(hyper)
-    return algorithms_lib.make_algorithm(
-        name, AlgorithmConfig(**dict(static), **hyper),
-        lm.sequence_policy(tconfig, max_length, temperature, ids),
-        environment(tconfig, ids, oracle_fn, outcome, temperature))
-  return make
+  def components(hyper):
+    values, temperature = lm.split_hyper(hyper)
+    return (lm.sequence_policy(tconfig, max_length, temperature, ids),
+            environment(tconfig, ids, oracle_fn, outcome, temperature), None,
+            values)
+  return components
 
 
 def environment(tconfig, ids, oracle_fn, outcome, temperature):
@@ -414,11 +413,11 @@ def plan(configs, loaded: Loaded, log) -> RunPlan:
   dtype = lm.compute_dtype(config)
   env_params = text_lib.text_env_params(loaded.contexts, reference,
                                         judged.params, dtype)
-  make = _maker(config.algorithm,
-                static_settings(config.algorithm_config(),
-                                TASK.runtime_names(config)),
-                tconfig, config.max_length, ids, oracle.probability,
-                config.outcome)
+  make = experiment_run.algorithm_maker(
+      config.algorithm, static_settings(config.algorithm_config(),
+                                        TASK.runtime_names(config)),
+      _components(tconfig, config.max_length, ids, oracle.probability,
+                  config.outcome))
   env_of = _env_of(tconfig, ids, oracle.probability, config.outcome)
   evaluate = evaluation.sampled_evaluator(make, env_of, oracle.probability,
                                           config.num_samples, ids)

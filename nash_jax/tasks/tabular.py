@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nash_jax import algorithms as algorithms_lib
 from nash_jax import evaluation, reference
 from nash_jax import policies as policies_lib
 from nash_jax import train as train_lib
@@ -26,6 +25,7 @@ from nash_jax.algorithms.reward_based import table_reward_model
 from nash_jax.environments.tabular import make_tabular_environment
 from nash_jax.errors import ConfigError
 from nash_jax.experiment import checks
+from nash_jax.experiment import run as experiment_run
 from nash_jax.experiment.results import Results, write_results
 from nash_jax.experiment.run import seed_keys, static_settings, tile
 from nash_jax.experiment.task import OutcomeConfig, RunConfig, RunPlan, Task
@@ -291,24 +291,22 @@ def prepare(config, file_game: Game | None = None,
 
 
 @functools.lru_cache(maxsize=64)
-def _maker(name: str, static: tuple, policy: PolicyConfig, outcome: str):
-  """``make(hyper) -> Algorithm`` for the algorithm settings ``static``
-  (``(name, value)`` pairs; the runtime values ``hyper`` are tracers), the
-  policy class and the tabular environment with ``outcome``."""
+def _components(policy: PolicyConfig, outcome: str):
+  """``hyper -> (policy, environment, reward model, values)`` of the policy
+  class and the tabular environment with ``outcome`` (cached per
+  structure)."""
   policy_fn = policies_lib.make_policy(policy)
   env = make_tabular_environment(outcome)
-  return lambda hyper: algorithms_lib.make_algorithm(
-      name, AlgorithmConfig(**dict(static), **hyper), policy_fn, env,
-      reward_model=table_reward_model())
+  return lambda hyper: (policy_fn, env, table_reward_model(), hyper)
 
 
 def algorithm_maker(config):
   """The ``make`` function of ``config``'s algorithm (cached per structure,
   so that runs differing only in runtime values share compilations)."""
-  return _maker(config.algorithm,
-                static_settings(config.algorithm_config(),
-                                TASK.runtime_names(config)),
-                config.policy_config(), config.outcome)
+  return experiment_run.algorithm_maker(
+      config.algorithm, static_settings(config.algorithm_config(),
+                                        TASK.runtime_names(config)),
+      _components(config.policy_config(), config.outcome))
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nash_jax import algorithms as algorithms_lib
 from nash_jax import evaluation, oracles, reference, sft
 from nash_jax import io as io_lib
 from nash_jax.algorithms import AlgorithmConfig
@@ -28,6 +27,7 @@ from nash_jax.environments import tokens as tokens_lib
 from nash_jax.environments.tokens import TokenEnvSpec
 from nash_jax.errors import ConfigError
 from nash_jax.experiment import checks
+from nash_jax.experiment import run as experiment_run
 from nash_jax.experiment.results import (
   Results,
   write_results,
@@ -174,45 +174,33 @@ def reward_model(spec):
 
 
 @functools.lru_cache(maxsize=16)
-def _maker(name: str, static: tuple, spec, outcome: str, tconfig):
-  def make(hyper):
-    hyper, temperature = lm.split_hyper(hyper)
-    return algorithms_lib.make_algorithm(
-        name, AlgorithmConfig(**dict(static), **hyper),
-        lm.sequence_policy(tconfig, spec.max_length, temperature),
-        environment(spec, outcome, tconfig, temperature),
-        reward_model=reward_model(spec))
-  return make
+def _components(spec, outcome: str, tconfig, oracle):
+  """``hyper -> (policy, environment, reward model, values)``: the
+  transformer at the traced temperature and the token environment, whose
+  training queries ``oracle`` answers (its parameters in the environment
+  data, ``TokenEnvParams.oracle``; None: the annotators)."""
 
-
-@functools.lru_cache(maxsize=16)
-def _oracle_maker(name: str, static: tuple, spec, outcome: str, tconfig,
-                  oracle):
-  def make(hyper):
-    hyper, temperature = lm.split_hyper(hyper)
-    env = oracles.with_oracle(
-        environment(spec, outcome, tconfig, temperature), oracle, outcome)
-    return algorithms_lib.make_algorithm(
-        name, AlgorithmConfig(**dict(static), **hyper),
-        lm.sequence_policy(tconfig, spec.max_length, temperature), env,
-        reward_model=reward_model(spec))
-  return make
+  def components(hyper):
+    values, temperature = lm.split_hyper(hyper)
+    env = environment(spec, outcome, tconfig, temperature)
+    if oracle is not None:
+      env = oracles.with_oracle(env, oracle, outcome)
+    return (lm.sequence_policy(tconfig, spec.max_length, temperature), env,
+            reward_model(spec), values)
+  return components
 
 
 def algorithm_maker(config, oracle: oracles.PreferenceOracle | None = None):
   """``make(hyper) -> Algorithm`` of a token-game config: the sampled
   algorithm with the transformer policy and the token environment, the
   runtime values and the temperature traced (cached per structure).
-  ``oracle``: the oracle that answers the training queries, its parameters
-  in the environment data (``TokenEnvParams.oracle``); None: the
+  ``oracle``: the oracle that answers the training queries; None: the
   annotators."""
-  static = static_settings(config.algorithm_config(),
-                           TASK.runtime_names(config))
-  spec, tconfig = config.spec(), config.transformer_config()
-  if oracle is None:
-    return _maker(config.algorithm, static, spec, config.outcome, tconfig)
-  return _oracle_maker(config.algorithm, static, spec, config.outcome,
-                       tconfig, oracle)
+  return experiment_run.algorithm_maker(
+      config.algorithm, static_settings(config.algorithm_config(),
+                                        TASK.runtime_names(config)),
+      _components(config.spec(), config.outcome, config.transformer_config(),
+                  oracle))
 
 
 def reference_model(config, log: Callable[[str], None] = lambda line: None):
