@@ -224,7 +224,7 @@ def plot(directory: str) -> None:
            f'n = {b.get("num_actions")}, {first["optimizer"]} lr '
            f'{first["learning_rate"]:.3g}', threshold)
   fig.suptitle(
-      f'Sampled preferences ({config.get("oracle")} oracle), beta = '
+      f'Sampled preferences ({config.get("outcome")} outcomes), beta = '
       f'{config.get("beta")}; left: {config.get("game")} games (X = '
       f'{config.get("num_contexts")}, n = {config.get("num_actions")}, d = '
       f'{config.get("feature_dim")}), default hyperparameters\nmedian and '

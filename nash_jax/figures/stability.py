@@ -85,7 +85,7 @@ def _title(directory: str) -> str:
   with open(path) as f:
     c = json.load(f)['config']
   return (f'{c["game"]} games, n = {c["num_actions"]}, sampled (tabular, '
-          f'batch {c["batch_size"]}, {c["oracle"]} oracle, sgd), '
+          f'batch {c["batch_size"]}, {c["outcome"]} outcomes, sgd), '
           f'{c["num_seeds"]} seeds, {c["query_budget"]:,} queries; '
           f'converged: final KL < {c["kl_threshold"]:g}')
 
