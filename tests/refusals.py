@@ -3,10 +3,10 @@
 A refusal is what a user sees from ``python -m experiments.X --bad=value``:
 exit status 2, one ``error: --flag: ...`` line on stderr, nothing on stdout,
 nothing written. A process per case pays for importing JAX and nash_jax
-each time (5 to 20 s on 2 busy cores). :func:`run_cases` starts one process
-that does the imports once and forks a child per case; the child executes
-the binary as ``python -m`` does (``runpy`` with ``run_name='__main__'``,
-its own argv) with its stdout and stderr sent to files. A refusal exits
+each time; :func:`run_cases` starts one process that does the imports once
+and forks a child per case, and the child executes the binary as
+``python -m`` does (``runpy`` with ``run_name='__main__'``, its own argv)
+with its stdout and stderr sent to files. A refusal exits
 before any JAX computation, so forking after the imports is safe; a case
 that is not refused runs its job in the child (and its test then fails).
 

@@ -45,6 +45,7 @@ def _env():
   return child_env(FAST_COMPILE, PYTHONPATH=str(ROOT))
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_json_lines(tmp_path):
   out = tmp_path / 'bench.jsonl'
   # Where TRL is absent, the default --trl=auto says why in one line; where

@@ -136,7 +136,7 @@ SAMPLED_SINGLES = ('online_ipo', 'mlp')
 
 # The cases the fast tier (-m 'not slow') keeps; the full suite runs all.
 FAST_ALGORITHMS = {'nash_mp', 'online_ipo'}
-FAST_SAMPLED = {'online_ipo', 'nash_prox'}
+FAST_SAMPLED = {'online_ipo'}
 
 
 def _sampled_args(name, num_seeds=3, seed=4):
@@ -1087,6 +1087,7 @@ def test_bad_input_leaves_an_existing_result_alone(runner, tmp_path):
 
 
 @uses(lambda: ['single/nash_mp'])
+@pytest.mark.slow
 def test_real_process_matches_forked_run(runner, tmp_path):
   module, args = PLAN['single/nash_mp']
   forked_run, forked = runner.get('single/nash_mp')

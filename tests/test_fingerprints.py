@@ -51,6 +51,9 @@ import hf_fixtures
 import numpy as np
 import pytest
 
+# Minutes of binaries: the whole file is in the slow tier (CI runs it).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[1]
 RECORD = os.environ.get('NASH_JAX_RECORD_FINGERPRINTS') == '1'
 DUMP = os.environ.get('NASH_JAX_FINGERPRINT_DUMP')

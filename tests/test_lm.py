@@ -122,6 +122,7 @@ def test_listed_transformer_distribution_sums_to_one():
   np.testing.assert_allclose(np.exp(log_pi).sum(-1), 1, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_online_ipo_gradient_on_transformer_is_unbiased(online_ipo_case):
   env_params, game, params, samples = online_ipo_case
   log_pi = _listed(params, env_params)

@@ -124,6 +124,7 @@ def test_lm_binary_writes_the_documented_files(lm_run):
   assert 'wrote' in proc.stdout
 
 
+@pytest.mark.slow
 def test_lm_game_file_is_read_by_matrix_game(lm_run, tmp_path):
   out, _ = lm_run
   proc = subprocess.run(

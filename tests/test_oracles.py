@@ -392,6 +392,7 @@ def test_reward_fit_recovers_transitive_truth():
   assert fit['excess_log_loss'] < 0.2, fit
 
 
+@pytest.mark.slow
 def test_reward_fit_negative_control_shuffled_labels():
   """Measured (keys fixed): accuracy 0.490, excess log-loss 0.311 (three
   other key sets: 0.49-0.59 and 0.28-0.30)."""

@@ -516,7 +516,8 @@ TRACED = {
 
 @pytest.mark.parametrize('policy', slow_except(policies.POLICIES,
                                                {'tabular'}))
-@pytest.mark.parametrize('name', SAMPLED_ALGORITHM_NAMES)
+@pytest.mark.parametrize('name', slow_except(SAMPLED_ALGORITHM_NAMES,
+                                             {'online_ipo', 'nash_prox'}))
 def test_every_algorithm_with_every_policy_jits_vmaps_and_traces(name,
                                                                  policy):
   """20 steps under jit(vmap) over 2 seeds, each lane with its own

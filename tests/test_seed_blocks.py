@@ -263,7 +263,8 @@ def _largest_temporary(jaxpr):
              for v in eqn.outvars if hasattr(v.aval, 'shape'))
 
 
-@pytest.mark.parametrize('name', algorithms.ALGORITHM_NAMES)
+@pytest.mark.parametrize('name', slow_except(algorithms.ALGORITHM_NAMES,
+                                             {'nash_mp', 'online_ipo'}))
 def test_shared_game_win_rates_are_one_matrix_product_per_context(name):
   jaxpr, products = _step_jaxpr(name, shared=True)
   dots = [e for e in _equations(jaxpr) if e.primitive.name == 'dot_general']
@@ -286,7 +287,8 @@ def test_shared_game_win_rates_are_one_matrix_product_per_context(name):
   assert _largest_temporary(jaxpr) < CONTEXTS * N * N
 
 
-@pytest.mark.parametrize('name', algorithms.ALGORITHM_NAMES)
+@pytest.mark.parametrize('name', slow_except(algorithms.ALGORITHM_NAMES,
+                                             {'nash_mp', 'online_ipo'}))
 def test_per_seed_games_build_nothing_of_the_games_size(name):
   jaxpr, _ = _step_jaxpr(name, shared=False)
   assert _largest_temporary(jaxpr) < CONTEXTS * N * N
