@@ -1,5 +1,5 @@
 """The sampled algorithms on a transformer policy in the listable token
-game (issue 9): one implementation of each algorithm, exact gradients over
+game: one implementation of each algorithm, exact gradients over
 the listed responses, and the ``experiments.lm`` binary end to end.
 
 * Unbiasedness: each algorithm's per-batch gradient on the transformer's

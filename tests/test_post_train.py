@@ -1,8 +1,7 @@
-"""Post-training a Hugging Face checkpoint (``experiments.post_train``;
-issue 10, items 1 and 6): the text environment, the sampled evaluation,
-the judge template, the binary end to end on tiny random checkpoints that
-the test writes (tests/hf_fixtures.py), and refusals of bad input before
-any work.
+"""Post-training a Hugging Face checkpoint (``experiments.post_train``):
+the text environment, the sampled evaluation, the judge template, the
+binary end to end on tiny random checkpoints that the test writes
+(tests/hf_fixtures.py), and refusals of bad input before any work.
 
 The binary's run is a genuine process with XLA's backend optimizations
 turned down (as in tests/test_lm_binary.py); every check holds within the

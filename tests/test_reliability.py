@@ -1,5 +1,5 @@
 """Every bad input and fault a user can cause ends in one clear line or a
-clean recovery (issue 12): flag-parse errors, ``--help``, sweep cells,
+clean recovery: flag-parse errors, ``--help``, sweep cells,
 checkpoints that are ahead, damaged or silently corrupted, signals, the
 float64 label without x64 mode, too small ``beta``.
 
@@ -50,7 +50,7 @@ def _lines(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# Item 7: flag-parse errors are one `error: --flag: ...` line, status 2.
+# flag-parse errors are one `error: --flag: ...` line, status 2.
 
 
 def _parse_error(*args) -> str:
@@ -107,7 +107,7 @@ def test_binaries_of_a_task_are_a_few_lines_naming_it():
 
 
 def test_real_processes_refuse_bad_flags_and_list_flags_in_help(tmp_path):
-  # Item 7 in a genuine process (exit status 2, one line) and item 14:
+  # In a genuine process (exit status 2, one line), and
   # --help lists the generated settings with their defaults.
   help_ = _start('experiments.matrix_game', '--help')
   bad = _start('experiments.lm', '--num_steps=1e308',
@@ -125,7 +125,7 @@ def test_real_processes_refuse_bad_flags_and_list_flags_in_help(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 2: sweep cells never collide.
+# sweep cells never collide.
 
 
 def test_duplicate_sweep_values_are_refused():
@@ -254,7 +254,7 @@ def test_checksum_covers_every_array():
 
 
 # --------------------------------------------------------------------------
-# Item 13: SIGTERM and SIGINT checkpoint at the next chunk boundary.
+# SIGTERM and SIGINT checkpoint at the next chunk boundary.
 
 SIGNAL_ARGS = ['--algorithm=omwu', '--num_actions=5', '--num_seeds=2',
                '--num_steps=1500', '--eval_every=100',
@@ -300,7 +300,7 @@ def test_stop_line_without_checkpoints():
 
 
 # --------------------------------------------------------------------------
-# Item 11: float64 is never recorded for float32 results.
+# float64 is never recorded for float32 results.
 
 
 def test_float64_without_x64_mode_is_refused(tmp_path):
@@ -316,7 +316,7 @@ def test_float64_without_x64_mode_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 1: beta too small for the exact reference is refused before work.
+# beta too small for the exact reference is refused before work.
 
 
 def test_too_small_beta_is_refused_naming_the_smallest_that_works(tmp_path):
@@ -342,7 +342,7 @@ def test_min_beta_is_solved_on_a_small_game():
 
 
 # --------------------------------------------------------------------------
-# Item 9: the output directory is created and written before any work.
+# the output directory is created and written before any work.
 
 
 def test_output_dirs_that_cannot_be_written_are_refused(tmp_path):
@@ -361,7 +361,7 @@ def test_output_dirs_that_cannot_be_written_are_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 10: a second run into a locked output directory refuses.
+# a second run into a locked output directory refuses.
 
 
 def test_a_locked_output_dir_refuses_a_second_run(tmp_path):
@@ -405,7 +405,7 @@ def test_two_real_processes_into_one_output_dir(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 14: diverged runs are marked (inf and NaN apart) and can stop.
+# diverged runs are marked (inf and NaN apart) and can stop.
 
 
 def test_divergence_is_marked_with_inf_and_nan_apart():
@@ -477,7 +477,7 @@ def test_summary_tells_nan_from_inf():
 
 
 # --------------------------------------------------------------------------
-# Item 14: settings the algorithm does not read are refused, and errors
+# settings the algorithm does not read are refused, and errors
 # name the flag the user typed.
 
 
@@ -542,7 +542,7 @@ def test_unused_flag_in_a_real_process(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 14: a recovered checkpoint is one warning line (no "Event loop is
+# a recovered checkpoint is one warning line (no "Event loop is
 # closed" tracebacks), real unraisable errors still reach the hook.
 
 
@@ -574,7 +574,7 @@ def test_closed_event_loop_noise_is_dropped_and_nothing_else(tmp_path,
 
 
 # --------------------------------------------------------------------------
-# Item 14: a full disk is one line naming the output directory.
+# a full disk is one line naming the output directory.
 
 
 def test_full_disk_is_recognized_through_the_chain(capsys):
@@ -626,7 +626,7 @@ def test_full_disk_in_a_real_process(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 14: a float32 reference policy within float32 rounding of 1.
+# a float32 reference policy within float32 rounding of 1.
 
 
 def test_float32_reference_policy_is_accepted_and_renormalized(tmp_path):
@@ -646,7 +646,7 @@ def test_float32_reference_policy_is_accepted_and_renormalized(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 14: experiments.stability reports progress per cell and resumes.
+# experiments.stability reports progress per cell and resumes.
 
 
 @pytest.mark.slow
@@ -671,7 +671,7 @@ def test_stability_reports_progress_per_cell_and_resuming(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 8: sizes that cannot fit, or integers beyond any machine, are refused
+# sizes that cannot fit, or integers beyond any machine, are refused
 # before any work; long setup phases say so first.
 
 
@@ -755,7 +755,7 @@ def test_benchmark_sampled_refuses_bad_input_before_any_work(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Item 14: an unreachable coordinator is one line after --distributed_timeout
+# an unreachable coordinator is one line after --distributed_timeout
 # (JAX's own client would abort the process with a C++ stack dump).
 
 
