@@ -115,9 +115,11 @@ class Task:
       compose`); its fields are the binary's flags.
     dtypes: the values ``--dtype`` may take.
     runtime: settings of the task's own (not the algorithm's) passed to the
-      compiled step as runtime values, so that a sweep may vary them.
-    sweepable: the settings ``--sweep`` may vary (runtime values that
-      change the run); default: every algorithm's sweepable settings.
+      compiled step as runtime values (a language model's temperature); not
+      swept unless listed in ``sweepable``.
+    sweepable: the settings ``--sweep`` may vary; default: every
+      algorithm's runtime settings (:meth:`algorithm_runtime`); ``()``: no
+      ``--sweep`` flag.
     validate: ``config -> (config, inputs)``: the task's own checks (after
       the kit's shared ones, :func:`nash_jax.experiment.validate`), the
       input files read, the algorithm's defaults resolved.
