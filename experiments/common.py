@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from nash_jax import algorithms, experiment
+from nash_jax import experiment
 from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
 from nash_jax.games import GameFileError
@@ -268,9 +268,6 @@ def fail(message: str) -> None:
 
 
 USER_ERRORS = (ConfigError, GameFileError)
-ALGORITHM_NAMES = algorithms.ALGORITHM_NAMES
-SAMPLED_ALGORITHM_NAMES = algorithms.SAMPLED_ALGORITHM_NAMES
-BASELINE_NAMES = algorithms.REWARD_BASED_NAMES
 
 
 def report_sweep(cells, results, output_dir: str, start: float,

@@ -19,12 +19,12 @@ import jax
 from absl import app, flags
 
 from experiments import common
-from nash_jax import analysis, experiment
+from nash_jax import algorithms, analysis, experiment
 from nash_jax import io as io_lib
 from nash_jax.algorithms import ConfigError
 from nash_jax.tasks import tabular
 
-flags.DEFINE_list('algorithms', list(common.ALGORITHM_NAMES),
+flags.DEFINE_list('algorithms', list(algorithms.ALGORITHM_NAMES),
                   'Algorithms to compare (comma-separated); default: every '
                   'algorithm of --mode.')
 flags.DEFINE_integer('query_budget', 2000, 'Preference queries per seed; '
@@ -47,7 +47,7 @@ def main(argv):
     base, given = common.task_config(tabular.TASK)
     names = flags.FLAGS.algorithms
     if base.mode == 'sampled' and flags.FLAGS['algorithms'].using_default_value:
-      names = list(common.SAMPLED_ALGORITHM_NAMES)
+      names = list(algorithms.SAMPLED_ALGORITHM_NAMES)
     if not names:
       raise ConfigError('algorithms', 'must name at least one algorithm')
     if budget < 1:

@@ -46,7 +46,7 @@ def check_outcome(outcome: str, flag: str = 'outcome') -> str:
   :class:`~nash_jax.errors.ConfigError` naming ``flag``."""
   if outcome not in OUTCOMES:
     raise ConfigError(flag, f'unknown outcome {outcome!r}; expected one of '
-                      f'{OUTCOMES}')
+                      f'{", ".join(OUTCOMES)}')
   return outcome
 
 

@@ -16,9 +16,8 @@ import jax
 
 from nash_jax import algorithms as algorithms_lib
 from nash_jax import checkpoint as checkpoint_lib
-from nash_jax import reference
+from nash_jax import distributions, reference
 from nash_jax import seed_blocks as seed_blocks_lib
-from nash_jax.distributions import OUTCOMES
 from nash_jax.errors import ConfigError
 from nash_jax.settings import check_minimums, settings_of
 
@@ -309,8 +308,8 @@ def check_used(configs, names) -> None:
 
 def check_outcome(config) -> None:
   """Refuses an ``outcome`` kind outside :data:`nash_jax.distributions.
-  OUTCOMES`."""
-  check_choice(config, 'outcome', OUTCOMES, 'outcome')
+  OUTCOMES` (:func:`nash_jax.distributions.check_outcome`)."""
+  distributions.check_outcome(config.outcome)
 
 
 def check_algorithm(task, config) -> None:

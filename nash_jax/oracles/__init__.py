@@ -90,7 +90,6 @@ from nash_jax.oracles.annotators import (
 )
 from nash_jax.oracles.core import (
   MODEL_KINDS,
-  ORACLE_NAMES,
   PreferenceOracle,
   oracle_outcomes,
   with_oracle,
@@ -128,7 +127,7 @@ from nash_jax.oracles.pairs import (
 
 __all__ = [
     'AnnotatorParams', 'Comparisons', 'JudgeTemplate', 'MODEL_KINDS',
-    'ORACLE_NAMES', 'Pairs', 'PreferenceModel', 'PreferenceOracle',
+    'Pairs', 'PreferenceModel', 'PreferenceOracle',
     'annotator_oracle', 'annotator_params', 'antisymmetric_probability',
     'canonical_pairs', 'clean_responses', 'evaluate_fit', 'fit',
     'fit_optimizer', 'init_scorer', 'judge_first_probability',

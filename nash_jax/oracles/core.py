@@ -11,7 +11,6 @@ import chex
 from nash_jax.distributions import check_outcome, sample_outcome
 from nash_jax.environments.core import TokenContexts
 
-ORACLE_NAMES = ('annotators', 'learned', 'judge')
 MODEL_KINDS = ('bradley_terry', 'pairwise')
 
 
